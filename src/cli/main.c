@@ -1,0 +1,63 @@
+/* privax: one binary, a table of subcommands. main only parses argv and dispatches. */
+#include <stdio.h>
+#include <string.h>
+#include <sysexits.h>
+
+#include "cli/cmd.h"
+
+static int cmd_version(int argc, char **argv);
+static int cmd_help(int argc, char **argv);
+
+static const struct {
+    const char *name;
+    int (*handler)(int argc, char **argv);
+    const char *help;
+} commands[] = {
+    {"serve", cli_cmd_serve, "serve --config FILE [--port-file F]   run the gateway"},
+    {"sim", cli_cmd_sim, "sim [--listen ADDR] [flags]            run a simulated GPU node"},
+    {"usage", cli_cmd_usage, "usage --config FILE [--tenant T] [--month YYYY-MM] [--json]"},
+    {"config", cli_cmd_config, "config check FILE                      validate a config file"},
+    {"version", cmd_version, "version                                print the version"},
+    {"help", cmd_help, "help                                   this text"},
+};
+
+static int cmd_version(int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    printf("privax %s\n", PX_VERSION);
+    return EX_OK;
+}
+
+static int cmd_help(int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    printf("usage: privax <command> [args]\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
+        printf("  %s\n", commands[i].help);
+    }
+    printf("\nEach command takes --help for its own flags.\n");
+    return EX_OK;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        cmd_help(0, NULL);
+        return EX_USAGE;
+    }
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
+        if (strcmp(argv[1], commands[i].name) == 0) {
+            return commands[i].handler(argc - 1, argv + 1);
+        }
+    }
+    if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+        return cmd_help(0, NULL);
+    }
+    if (strcmp(argv[1], "--version") == 0) {
+        return cmd_version(0, NULL);
+    }
+    fprintf(stderr, "privax: unknown command '%s' (try 'privax help')\n", argv[1]);
+    return EX_USAGE;
+}
