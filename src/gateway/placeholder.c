@@ -1,0 +1,6 @@
+/* Placeholder translation unit so the library target exists while its sources are written. */
+int px_gateway_placeholder_unit(void);
+int px_gateway_placeholder_unit(void)
+{
+    return 0;
+}
