@@ -9,6 +9,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#define PX_CONFIG_ID_MAX 128 /* bytes of a tenant id (the API contract's X-Tenant-ID cap) */
+
 enum px_protocol {
     PX_PROTO_OLLAMA = 0, /* Ollama native API, /api/chat (NDJSON streaming) */
     PX_PROTO_OPENAI,     /* OpenAI-compatible, /v1/chat/completions (vLLM, Ollama /v1, ...) */
@@ -20,71 +22,74 @@ enum px_overage {
 };
 
 struct px_token_cfg {
-    char *id;                   /* logged as api_key_id */
-    unsigned char sha256[32];   /* SHA-256 of the token (from token, token_env or token_sha256) */
+    char *id;                 /* logged as api_key_id */
+    unsigned char sha256[32]; /* SHA-256 of the token (from token, token_env or token_sha256) */
 };
 
 struct px_backend_cfg {
-    char *name;                 /* unique name, referenced by models */
-    char *url;                  /* base URL without trailing slash, e.g. http://127.0.0.1:11434 */
-    enum px_protocol protocol;  /* wire protocol spoken by the backend */
-    int gpu_id;                 /* GPU index recorded in usage rows; -1 when unknown */
-    int max_concurrency;        /* requests in flight at once on this backend, >= 1 */
-    int weight;                 /* relative share for balancing, >= 1 (default 1) */
-    int backup;                 /* 1: serve only while no primary is healthy */
+    char *name;                /* unique name, referenced by models */
+    char *url;                 /* base URL without trailing slash, e.g. http://127.0.0.1:11434 */
+    enum px_protocol protocol; /* wire protocol spoken by the backend */
+    int gpu_id;                /* GPU index recorded in usage rows; -1 when unknown */
+    int max_concurrency;       /* requests in flight at once on this backend, >= 1 */
+    int weight;                /* relative share for balancing, >= 1 (default 1) */
+    int backup;                /* 1: serve only while no primary is healthy */
 };
 
 struct px_model_cfg {
-    char *name;                 /* the name clients send */
-    char *upstream_model;       /* the name sent to the backend (defaults to name) */
-    size_t *backends;           /* indexes into px_config.backends */
-    size_t nbackends;           /* >= 1 */
-    int64_t context_window;     /* the model's own context limit in tokens, 0 = unknown */
+    char *name;             /* the name clients send */
+    char *upstream_model;   /* the name sent to the backend (defaults to name) */
+    size_t *backends;       /* indexes into px_config.backends */
+    size_t nbackends;       /* >= 1 */
+    int64_t context_window; /* the model's own context limit in tokens, 0 = unknown */
 };
 
 struct px_tier_cfg {
-    char *name;                 /* starter | pro | enterprise, or as configured */
-    int64_t rpm;                /* requests per minute, >= 1 */
-    int64_t tpm;                /* tokens per minute, >= 1 */
-    int64_t max_context;        /* prompt + max_tokens ceiling, >= 1 */
-    int64_t monthly_tokens;     /* monthly allowance, >= 1 (never unlimited) */
-    int64_t default_max_tokens; /* assumed completion size when the request sets none */
-    int64_t price_pence;        /* monthly base price in pence (GBP) */
+    char *name;                     /* starter | pro | enterprise, or as configured */
+    int64_t rpm;                    /* requests per minute, >= 1 */
+    int64_t tpm;                    /* tokens per minute, >= 1 */
+    int64_t max_context;            /* prompt + max_tokens ceiling, >= 1 */
+    int64_t monthly_tokens;         /* monthly allowance, >= 1 (never unlimited) */
+    int64_t default_max_tokens;     /* assumed completion size when the request sets none */
+    int64_t price_pence;            /* monthly base price in pence (GBP) */
     int64_t overage_pence_per_mtok; /* overage price per 1M tokens, in pence (default 500) */
-    enum px_overage overage;    /* bill or block at the allowance */
-    int priority;               /* queue priority, higher first (starter 0, pro 1, enterprise 2) */
+    enum px_overage overage;        /* bill or block at the allowance */
+    int priority; /* queue priority, higher first (starter 0, pro 1, enterprise 2) */
 };
 
 struct px_tenant_cfg {
-    char *id;                   /* X-Tenant-ID value */
-    size_t tier;                /* pinned tier, index into px_config.tiers; wins over the header */
+    char *id;    /* X-Tenant-ID value */
+    size_t tier; /* index into px_config.tiers: the pinned tier when pinned,
+                    else default_tier */
+    int pinned;  /* 1: tier was set in the file and wins over X-Plan-Tier;
+                    0: only limits are overridden, the header picks the tier */
     int64_t rpm, tpm, max_context, monthly_tokens; /* per-tenant overrides, 0 = the tier's */
 };
 
 struct px_config {
-    char *path;                 /* the file this was loaded from */
-    char *node_id;              /* default: hostname */
-    char *listen;               /* "host:port", default 127.0.0.1:8000 */
-    char *data_dir;             /* default ./data */
+    char *path;     /* the file this was loaded from */
+    char *node_id;  /* default: hostname */
+    char *listen;   /* "host:port", default 127.0.0.1:8000 */
+    char *data_dir; /* default ./data */
 
     struct px_token_cfg *tokens;
-    size_t ntokens;             /* >= 1 */
+    size_t ntokens; /* >= 1 */
     struct px_backend_cfg *backends;
-    size_t nbackends;           /* >= 1 */
+    size_t nbackends; /* >= 1 */
     struct px_model_cfg *models;
-    size_t nmodels;             /* >= 1 */
-    struct px_tier_cfg *tiers;  /* defaults from PRODUCT.md when the file has no tiers: */
+    size_t nmodels;            /* >= 1 */
+    struct px_tier_cfg *tiers; /* defaults from PRODUCT.md when the file has no tiers: */
     size_t ntiers;
-    size_t default_tier;        /* tier used when no X-Plan-Tier and no pin (default starter) */
+    size_t default_tier; /* tier used when no X-Plan-Tier and no pin (default starter) */
     struct px_tenant_cfg *tenants;
     size_t ntenants;
 
-    char *sqlite_path;          /* store.sqlite, default <data_dir>/usage.db */
+    char *sqlite_path; /* store.sqlite, default <data_dir>/usage.db */
 
     /* http: */
-    size_t header_max_bytes;    /* default 16384 */
-    size_t body_max_bytes;      /* default 4 MiB */
-    uint64_t header_timeout_ms; /* default 10000 */
+    size_t header_max_bytes;       /* default 16384 */
+    size_t body_max_bytes;         /* default 4 MiB */
+    uint64_t header_timeout_ms;    /* default 10000 */
     uint64_t keepalive_timeout_ms; /* default 75000 */
     /* timeouts: */
     uint64_t connect_timeout_ms;    /* default 5000 */
@@ -92,8 +97,8 @@ struct px_config {
     uint64_t idle_timeout_ms;       /* max gap between upstream chunks, default 60000 */
     uint64_t shutdown_timeout_ms;   /* SIGTERM grace for in-flight requests, default 30000 */
     /* usage: */
-    uint64_t usage_flush_ms;    /* writer batch interval, default 100 */
-    size_t usage_batch_max;     /* rows per transaction, default 1000 */
+    uint64_t usage_flush_ms; /* writer batch interval, default 100 */
+    size_t usage_batch_max;  /* rows per transaction, default 1000 */
 };
 
 /* Load and validate path. On success 0 and *out (free with px_config_free). On failure
@@ -107,5 +112,6 @@ void px_config_free(struct px_config *cfg);
 long px_config_model(const struct px_config *cfg, const char *name, size_t len);
 long px_config_tier(const struct px_config *cfg, const char *name, size_t len);
 long px_config_tenant(const struct px_config *cfg, const char *id, size_t len);
+long px_config_backend(const struct px_config *cfg, const char *name, size_t len);
 
 #endif

@@ -1,0 +1,1584 @@
+/* Config loading: YAML (libfyaml document API) -> validated, immutable struct px_config.
+ *
+ * Design note. Every key the file may contain is one row of a table (struct cfg_opt): name,
+ * type, default, bounds, offsetof into the struct it fills, an optional check and whether it
+ * could be applied by a reload (the redis static_configs[] model). A mapping is loaded by
+ * apply_table(): it first rejects any key that is not a row (a typo must never be silently
+ * ignored), then applies the rows in table order, not file order, so a row may depend on rows
+ * above it (models resolve backend names, tenants resolve tier names). Sub-sections and lists
+ * are rows too, of type CFG_SECTION (the same struct, another table) or CFG_CUSTOM (a handler).
+ *
+ * Errors: the first one wins and is written as "FILE:LINE: key.path: message". Lines come
+ * from the scalar tokens' start marks (0-based in libfyaml, reported 1-based); a mapping or a
+ * list reports the line of its first scalar, or the line of the key that holds it when empty.
+ * YAML syntax errors come from libfyaml's collected diagnostics, which carry their own line.
+ * On any error the half-built struct is freed through px_config_free(), which copes with
+ * every partial state because arrays are zeroed when allocated and counted at once.
+ *
+ * Deliberately rejected: aliases (*x, so no billion-laughs expansion and no shared nodes),
+ * tags, non-string keys, quoted numbers ("60" is a string in YAML and a typo in a config),
+ * control characters in any string, files over PX_CONFIG_FILE_MAX bytes and lists over
+ * CFG_LIST_MAX entries. */
+#include "config/config.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <libfyaml.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "core/err.h"
+#include "core/mem.h"
+#include "core/util.h"
+
+#define PX_CONFIG_FILE_MAX (1024 * 1024) /* bytes; a config is a few KiB */
+#define CFG_LIST_MAX       4096          /* entries in any one list */
+#define CFG_TABLE_MAX      32            /* rows in any one table (a bitmap in apply_table) */
+#define CFG_WHERE_MAX      160           /* bytes of a key path such as "backends[3].url" */
+
+enum cfg_type {
+    CFG_STR = 0, /* char * on the heap; min/max bound the byte length */
+    CFG_INT,     /* int */
+    CFG_I64,     /* int64_t */
+    CFG_SIZE,    /* size_t */
+    CFG_U64,     /* uint64_t */
+    CFG_BOOL,    /* int, 0 or 1, from true | false */
+    CFG_ENUM,    /* int (an enum), from one of names[] */
+    CFG_MONEY,   /* int64_t pence, from a number of pounds with at most 2 decimals */
+    CFG_SECTION, /* a mapping loaded with sub[] into the same struct */
+    CFG_CUSTOM,  /* any node, loaded by handler */
+};
+
+#define CFG_REQUIRED   0x1u /* missing key is an error */
+#define CFG_RELOADABLE 0x2u /* may change on a reload without a restart (none reload yet) */
+
+/* Enums are stored through an int; both enums here have only small non-negative values. */
+_Static_assert(sizeof(enum px_protocol) == sizeof(int), "enum px_protocol must be int-sized");
+_Static_assert(sizeof(enum px_overage) == sizeof(int), "enum px_overage must be int-sized");
+
+struct cfg_loader;
+struct cfg_opt;
+
+/* Parse value node v for row o into obj. where is the key path, line the key's line. */
+typedef int (*cfg_handler_fn)(struct cfg_loader *ld, void *obj, struct fy_node *v,
+                              const char *where, int line);
+/* Check (and possibly normalise in place) a string value. */
+typedef int (*cfg_check_fn)(struct cfg_loader *ld, char *s, const char *where, int line);
+
+struct cfg_opt {
+    const char *name;          /* the YAML key */
+    enum cfg_type type;        /* how the value is parsed and stored */
+    unsigned flags;            /* CFG_REQUIRED | CFG_RELOADABLE */
+    size_t offset;             /* offsetof() into the struct being filled */
+    int64_t def;               /* default for numeric types (ignored for strings) */
+    int64_t min, max;          /* value bounds, or byte-length bounds for CFG_STR */
+    const char *def_str;       /* default for CFG_STR, NULL when none or computed later */
+    const char *const *names;  /* CFG_ENUM: names, NULL-terminated, index = value */
+    const struct cfg_opt *sub; /* CFG_SECTION: the section's rows */
+    size_t nsub;               /* CFG_SECTION: number of rows */
+    cfg_handler_fn handler;    /* CFG_CUSTOM: the loader */
+    cfg_check_fn check;        /* CFG_STR: extra validation, may be NULL */
+};
+
+struct cfg_loader {
+    const char *path;       /* file name used in messages */
+    struct px_config *cfg;  /* being built, freed by the caller on error */
+    char *err;              /* message buffer, errcap bytes */
+    size_t errcap;          /* bytes at err */
+    int nsecrets;           /* token sources seen in the current auth.tokens entry */
+    int tiers_seen;         /* 1 when the file has a tiers key */
+    int tiers_line;         /* line of that key */
+    int default_tier_given; /* 1 when default_tier was set by the file */
+};
+
+static int cfg_fail(struct cfg_loader *ld, int line, const char *where, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static int cfg_fail(struct cfg_loader *ld, int line, const char *where, const char *fmt, ...)
+{
+    if (ld->err && ld->errcap > 0) {
+        int n;
+        if (line > 0) {
+            n = snprintf(ld->err, ld->errcap, "%s:%d: ", ld->path, line);
+        } else {
+            n = snprintf(ld->err, ld->errcap, "%s: ", ld->path);
+        }
+        if (n > 0 && (size_t)n < ld->errcap && where && where[0]) {
+            n += snprintf(ld->err + n, ld->errcap - (size_t)n, "%s: ", where);
+        }
+        if (n > 0 && (size_t)n < ld->errcap) {
+            va_list ap;
+            va_start(ap, fmt);
+            vsnprintf(ld->err + n, ld->errcap - (size_t)n, fmt, ap);
+            va_end(ap);
+        }
+    }
+    return PX_ECONFIG;
+}
+
+/* 1-based line of a node: its own token for a scalar, else its first scalar inside, else
+ * fallback (an empty mapping or list has no token of its own in the document API). */
+static int node_line(struct fy_node *n, int fallback)
+{
+    for (int depth = 0; n != NULL && depth < 512; depth++) {
+        void *it = NULL;
+        if (fy_node_get_type(n) == FYNT_SCALAR) {
+            struct fy_token *t = fy_node_get_scalar_token(n);
+            const struct fy_mark *m = t ? fy_token_start_mark(t) : NULL;
+            return m ? m->line + 1 : fallback;
+        } else if (fy_node_get_type(n) == FYNT_SEQUENCE) {
+            n = fy_node_sequence_iterate(n, &it);
+        } else {
+            struct fy_node_pair *p = fy_node_mapping_iterate(n, &it);
+            n = p ? fy_node_pair_key(p) : NULL;
+        }
+    }
+    return fallback;
+}
+
+/* Join a key path: "a" + "b" -> "a.b", "" + "b" -> "b". Truncates rather than fails. */
+static void where_join(char *out, size_t cap, const char *where, const char *key)
+{
+    snprintf(out, cap, "%s%s%s", where, where[0] ? "." : "", key);
+}
+
+static void where_index(char *out, size_t cap, const char *where, size_t i)
+{
+    snprintf(out, cap, "%s[%zu]", where, i);
+}
+
+/* Reject aliases and tags anywhere a value is read, so every value is plain data. */
+static int check_plain_node(struct cfg_loader *ld, struct fy_node *v, const char *where, int line)
+{
+    if (fy_node_is_alias(v) || fy_node_get_style(v) == FYNS_ALIAS) {
+        return cfg_fail(ld, node_line(v, line), where, "aliases are not supported");
+    }
+    size_t tl = 0;
+    if (fy_node_get_tag(v, &tl) != NULL) {
+        return cfg_fail(ld, node_line(v, line), where, "tags are not supported");
+    }
+    return 0;
+}
+
+/* A scalar's bytes, or an error naming what was expected. */
+static int get_scalar(struct cfg_loader *ld, struct fy_node *v, const char *where, int line,
+                      const char *what, const char **s, size_t *len)
+{
+    if (v == NULL) {
+        return cfg_fail(ld, line, where, "missing value (expected %s)", what);
+    }
+    int rc = check_plain_node(ld, v, where, line);
+    if (rc < 0) {
+        return rc;
+    }
+    if (fy_node_get_type(v) != FYNT_SCALAR) {
+        return cfg_fail(ld, node_line(v, line), where, "expected %s, got a %s", what,
+                        fy_node_get_type(v) == FYNT_MAPPING ? "mapping" : "list");
+    }
+    *s = fy_node_get_scalar(v, len);
+    if (*s == NULL) {
+        *s = "";
+        *len = 0;
+    }
+    return 0;
+}
+
+static int is_plain(struct fy_node *v)
+{
+    return fy_node_get_style(v) == FYNS_PLAIN;
+}
+
+/* A plain scalar that YAML reads as null: empty, ~ or null. */
+static int is_null_scalar(struct fy_node *v, const char *s, size_t len)
+{
+    return is_plain(v) && (len == 0 || (len == 1 && s[0] == '~') ||
+                           (len == 4 && (memcmp(s, "null", 4) == 0 || memcmp(s, "Null", 4) == 0 ||
+                                         memcmp(s, "NULL", 4) == 0)));
+}
+
+/* Copy at most 40 bytes of a value into a message-safe string (control bytes become '?'). */
+static void quote_value(char out[48], const char *s, size_t len)
+{
+    size_t n = len > 40 ? 40 : len;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        out[i] = (c < 0x20 || c == 0x7f) ? '?' : (char)c;
+    }
+    if (len > 40) {
+        memcpy(out + n, "...", 4);
+    } else {
+        out[n] = '\0';
+    }
+}
+
+/* Decimal integer with an optional sign; no spaces, no hex, no underscores. */
+static int parse_i64(const char *s, size_t len, int64_t *out)
+{
+    char tmp[32];
+    if (len == 0 || len >= sizeof(tmp)) {
+        return PX_EPARSE;
+    }
+    memcpy(tmp, s, len);
+    tmp[len] = '\0';
+    size_t i = (tmp[0] == '-' || tmp[0] == '+') ? 1 : 0;
+    if (tmp[i] == '\0') {
+        return PX_EPARSE;
+    }
+    for (; tmp[i] != '\0'; i++) {
+        if (tmp[i] < '0' || tmp[i] > '9') {
+            return PX_EPARSE;
+        }
+    }
+    errno = 0;
+    char *end;
+    long long v = strtoll(tmp, &end, 10);
+    if (errno != 0 || *end != '\0') {
+        return PX_EPARSE;
+    }
+    *out = (int64_t)v;
+    return 0;
+}
+
+/* Pounds with at most two decimals ("39", "39.5", "0.99") to pence. Non-negative only. */
+static int parse_money(const char *s, size_t len, int64_t *pence)
+{
+    int64_t whole = 0;
+    int64_t frac = 0;
+    size_t i = 0;
+    size_t digits = 0;
+    for (; i < len && s[i] >= '0' && s[i] <= '9'; i++, digits++) {
+        if (whole > INT64_C(100000000000)) {
+            return PX_EPARSE;
+        }
+        whole = whole * 10 + (s[i] - '0');
+    }
+    if (digits == 0) {
+        return PX_EPARSE;
+    }
+    if (i < len) {
+        if (s[i] != '.' || len - i - 1 < 1 || len - i - 1 > 2) {
+            return PX_EPARSE;
+        }
+        size_t k = 0;
+        for (i++; i < len; i++, k++) {
+            if (s[i] < '0' || s[i] > '9') {
+                return PX_EPARSE;
+            }
+            frac = frac * 10 + (s[i] - '0');
+        }
+        if (k == 1) {
+            frac *= 10;
+        }
+    }
+    *pence = whole * 100 + frac;
+    return 0;
+}
+
+/* Store an integer into the field a row points at, with the row's C type. */
+static void store_num(void *obj, const struct cfg_opt *o, int64_t v)
+{
+    char *p = (char *)obj + o->offset;
+    switch (o->type) {
+    case CFG_INT:
+    case CFG_BOOL:
+    case CFG_ENUM: {
+        int x = (int)v;
+        memcpy(p, &x, sizeof(x));
+        break;
+    }
+    case CFG_SIZE: {
+        size_t x = (size_t)v;
+        memcpy(p, &x, sizeof(x));
+        break;
+    }
+    case CFG_U64: {
+        uint64_t x = (uint64_t)v;
+        memcpy(p, &x, sizeof(x));
+        break;
+    }
+    default: {
+        memcpy(p, &v, sizeof(v));
+        break;
+    }
+    }
+}
+
+static void store_str(void *obj, const struct cfg_opt *o, char *s)
+{
+    char **slot = (char **)(void *)((char *)obj + o->offset);
+    free(*slot);
+    *slot = s;
+}
+
+/* Set every row's default (recursing into sections, which fill the same struct). */
+static void apply_defaults(const struct cfg_opt *tab, size_t n, void *obj)
+{
+    for (size_t i = 0; i < n; i++) {
+        const struct cfg_opt *o = &tab[i];
+        if (o->type == CFG_SECTION) {
+            apply_defaults(o->sub, o->nsub, obj);
+        } else if (o->type == CFG_STR) {
+            if (o->def_str) {
+                store_str(obj, o, px_strdup(o->def_str));
+            }
+        } else if (o->type != CFG_CUSTOM) {
+            store_num(obj, o, o->def);
+        }
+    }
+}
+
+static int apply_table(struct cfg_loader *ld, const struct cfg_opt *tab, size_t n, void *obj,
+                       struct fy_node *map, const char *where, int line);
+
+/* Parse one row's value node into obj. */
+static int apply_opt(struct cfg_loader *ld, const struct cfg_opt *o, void *obj, struct fy_node *v,
+                     const char *where, int line)
+{
+    const char *s;
+    size_t len;
+    char shown[48];
+    int rc;
+
+    if (o->type == CFG_CUSTOM) {
+        if (v == NULL) {
+            return cfg_fail(ld, line, where, "missing value");
+        }
+        rc = check_plain_node(ld, v, where, line);
+        return rc < 0 ? rc : o->handler(ld, obj, v, where, line);
+    }
+    if (o->type == CFG_SECTION) {
+        if (v == NULL) {
+            return cfg_fail(ld, line, where, "missing value (expected a mapping)");
+        }
+        rc = check_plain_node(ld, v, where, line);
+        return rc < 0 ? rc : apply_table(ld, o->sub, o->nsub, obj, v, where, line);
+    }
+
+    static const char *const what[] = {
+        [CFG_STR] = "a string",          [CFG_INT] = "an integer",
+        [CFG_I64] = "an integer",        [CFG_SIZE] = "an integer",
+        [CFG_U64] = "an integer",        [CFG_BOOL] = "true or false",
+        [CFG_ENUM] = "one of the names", [CFG_MONEY] = "an amount in GBP",
+    };
+    rc = get_scalar(ld, v, where, line, what[o->type], &s, &len);
+    if (rc < 0) {
+        return rc;
+    }
+    line = node_line(v, line);
+    quote_value(shown, s, len);
+
+    switch (o->type) {
+    case CFG_STR: {
+        if (is_null_scalar(v, s, len)) {
+            return cfg_fail(ld, line, where, "missing value (expected a string)");
+        }
+        if ((int64_t)len < o->min || (int64_t)len > o->max) {
+            return cfg_fail(ld, line, where, "must be %" PRId64 " to %" PRId64 " bytes long",
+                            o->min, o->max);
+        }
+        for (size_t i = 0; i < len; i++) {
+            unsigned char c = (unsigned char)s[i];
+            if (c < 0x20 || c == 0x7f) {
+                return cfg_fail(ld, line, where, "control characters are not allowed");
+            }
+        }
+        char *copy = px_strndup(s, len);
+        store_str(obj, o, copy);
+        return o->check ? o->check(ld, copy, where, line) : 0;
+    }
+    case CFG_BOOL: {
+        int b;
+        if (is_plain(v) && len == 4 && strncasecmp(s, "true", 4) == 0) {
+            b = 1;
+        } else if (is_plain(v) && len == 5 && strncasecmp(s, "false", 5) == 0) {
+            b = 0;
+        } else {
+            return cfg_fail(ld, line, where, "must be true or false, got \"%s\"", shown);
+        }
+        store_num(obj, o, b);
+        return 0;
+    }
+    case CFG_ENUM: {
+        for (int64_t k = 0; o->names[k] != NULL; k++) {
+            if (strlen(o->names[k]) == len && memcmp(o->names[k], s, len) == 0) {
+                store_num(obj, o, k);
+                return 0;
+            }
+        }
+        char list[128] = "";
+        size_t used = 0;
+        for (size_t k = 0; o->names[k] != NULL && used < sizeof(list); k++) {
+            int w = snprintf(list + used, sizeof(list) - used, "%s%s", k ? " | " : "", o->names[k]);
+            used += w > 0 ? (size_t)w : 0;
+        }
+        return cfg_fail(ld, line, where, "must be one of %s, got \"%s\"", list, shown);
+    }
+    case CFG_MONEY: {
+        int64_t pence;
+        if (!is_plain(v) || parse_money(s, len, &pence) < 0) {
+            return cfg_fail(ld, line, where,
+                            "must be an amount in GBP with at most 2 decimals, got \"%s\"", shown);
+        }
+        if (pence < o->min || pence > o->max) {
+            return cfg_fail(ld, line, where, "must be from %" PRId64 ".%02d to %" PRId64 ".%02d",
+                            o->min / 100, (int)(o->min % 100), o->max / 100, (int)(o->max % 100));
+        }
+        store_num(obj, o, pence);
+        return 0;
+    }
+    default: {
+        int64_t x;
+        if (!is_plain(v) || parse_i64(s, len, &x) < 0) {
+            return cfg_fail(ld, line, where, "must be an integer, got %s\"%s\"",
+                            is_plain(v) ? "" : "the quoted string ", shown);
+        }
+        if (x < o->min || x > o->max) {
+            return cfg_fail(ld, line, where,
+                            "must be from %" PRId64 " to %" PRId64 ", got %" PRId64, o->min, o->max,
+                            x);
+        }
+        store_num(obj, o, x);
+        return 0;
+    }
+    }
+}
+
+/* Load a mapping with a table: reject unknown keys, then apply the rows in table order. */
+static int apply_table(struct cfg_loader *ld, const struct cfg_opt *tab, size_t n, void *obj,
+                       struct fy_node *map, const char *where, int line)
+{
+    struct fy_node_pair *pairs[CFG_TABLE_MAX] = {0};
+    int lines[CFG_TABLE_MAX] = {0};
+    void *it = NULL;
+    struct fy_node_pair *p;
+    char sub[CFG_WHERE_MAX];
+
+    if (n > CFG_TABLE_MAX) {
+        return cfg_fail(ld, line, where, "internal: table too large");
+    }
+    if (fy_node_get_type(map) != FYNT_MAPPING) {
+        size_t len = 0;
+        const char *s = fy_node_get_type(map) == FYNT_SCALAR ? fy_node_get_scalar(map, &len) : "";
+        if (fy_node_get_type(map) == FYNT_SCALAR && is_null_scalar(map, s ? s : "", len)) {
+            return cfg_fail(ld, node_line(map, line), where, "missing value (expected a mapping)");
+        }
+        return cfg_fail(ld, node_line(map, line), where, "expected a mapping of keys, got a %s",
+                        fy_node_get_type(map) == FYNT_SCALAR ? "scalar" : "list");
+    }
+    while ((p = fy_node_mapping_iterate(map, &it)) != NULL) {
+        struct fy_node *k = fy_node_pair_key(p);
+        const char *ks;
+        size_t kl;
+        if (k == NULL || fy_node_get_type(k) != FYNT_SCALAR || fy_node_is_alias(k) ||
+            fy_node_get_style(k) == FYNS_ALIAS) {
+            return cfg_fail(ld, node_line(k, line), where, "keys must be plain strings");
+        }
+        ks = fy_node_get_scalar(k, &kl);
+        int kline = node_line(k, line);
+        size_t i;
+        for (i = 0; i < n; i++) {
+            if (ks && strlen(tab[i].name) == kl && memcmp(tab[i].name, ks, kl) == 0) {
+                break;
+            }
+        }
+        if (i == n) {
+            char shown[48];
+            quote_value(shown, ks ? ks : "", ks ? kl : 0);
+            return cfg_fail(ld, kline, where, "unknown key '%s'", shown);
+        }
+        pairs[i] = p;
+        lines[i] = kline;
+    }
+    /* Keys that are present go first, so a wrong value is reported before a missing key
+     * (the missing one is often what the user is still typing). */
+    for (size_t i = 0; i < n; i++) {
+        if (pairs[i] == NULL) {
+            continue;
+        }
+        where_join(sub, sizeof(sub), where, tab[i].name);
+        int rc = apply_opt(ld, &tab[i], obj, fy_node_pair_value(pairs[i]), sub, lines[i]);
+        if (rc < 0) {
+            return rc;
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (pairs[i] == NULL && (tab[i].flags & CFG_REQUIRED)) {
+            return cfg_fail(ld, node_line(map, line), where, "missing required key '%s'",
+                            tab[i].name);
+        }
+    }
+    return 0;
+}
+
+/* The items of a list value, with a count cap; an empty list is an error when need_one. */
+static int get_list(struct cfg_loader *ld, struct fy_node *v, const char *where, int line,
+                    int need_one, size_t *count)
+{
+    if (fy_node_get_type(v) != FYNT_SEQUENCE) {
+        return cfg_fail(ld, node_line(v, line), where, "expected a list");
+    }
+    int c = fy_node_sequence_item_count(v);
+    if (c < 0 || c > CFG_LIST_MAX) {
+        return cfg_fail(ld, line, where, "at most %d entries", CFG_LIST_MAX);
+    }
+    if (c == 0 && need_one) {
+        return cfg_fail(ld, line, where, "must list at least one entry");
+    }
+    *count = (size_t)c;
+    return 0;
+}
+
+/* ---- string checks ---- */
+
+static int check_hostport(struct cfg_loader *ld, char *s, const char *where, int line)
+{
+    char host[256];
+    int port;
+    if (px_parse_hostport(s, host, sizeof(host), &port) < 0 || host[0] == '\0') {
+        return cfg_fail(ld, line, where, "must be host:port, e.g. 127.0.0.1:8000");
+    }
+    return 0;
+}
+
+/* http://host:port[/path]; the trailing slash is dropped so paths can be appended. */
+static int check_url(struct cfg_loader *ld, char *s, const char *where, int line)
+{
+    static const char scheme[] = "http://";
+    if (strncmp(s, scheme, sizeof(scheme) - 1) != 0) {
+        return cfg_fail(ld, line, where,
+                        "must be http://host:port[/path] (only http:// is supported)");
+    }
+    char *hp = s + sizeof(scheme) - 1;
+    char *slash = strchr(hp, '/');
+    size_t hplen = slash ? (size_t)(slash - hp) : strlen(hp);
+    char tmp[300];
+    char host[256];
+    int port;
+    if (hplen == 0 || hplen >= sizeof(tmp) || strpbrk(s, " @?#") != NULL) {
+        return cfg_fail(ld, line, where, "must be http://host:port[/path]");
+    }
+    memcpy(tmp, hp, hplen);
+    tmp[hplen] = '\0';
+    if (px_parse_hostport(tmp, host, sizeof(host), &port) < 0 || host[0] == '\0' || port < 1) {
+        return cfg_fail(ld, line, where,
+                        "must be http://host:port[/path] with a port from 1 to 65535");
+    }
+    size_t n = strlen(s);
+    while (n > 0 && s[n - 1] == '/') {
+        s[--n] = '\0';
+    }
+    return 0;
+}
+
+/* ---- auth.tokens ---- */
+
+static int token_source(struct cfg_loader *ld, const char *where, int line)
+{
+    if (ld->nsecrets++ > 0) {
+        return cfg_fail(ld, line, where, "give exactly one of token, token_env, token_sha256");
+    }
+    return 0;
+}
+
+static int h_token(struct cfg_loader *ld, void *obj, struct fy_node *v, const char *where, int line)
+{
+    struct px_token_cfg *t = obj;
+    const char *s;
+    size_t len;
+    int rc = get_scalar(ld, v, where, line, "a string", &s, &len);
+    if (rc < 0 || (rc = token_source(ld, where, line)) < 0) {
+        return rc;
+    }
+    /* The secret itself is never echoed in a message. */
+    if (is_null_scalar(v, s, len) || len < 1 || len > 4096) {
+        return cfg_fail(ld, line, where, "must be 1 to 4096 bytes long");
+    }
+    px_sha256(s, len, t->sha256);
+    return 0;
+}
+
+static int h_token_env(struct cfg_loader *ld, void *obj, struct fy_node *v, const char *where,
+                       int line)
+{
+    struct px_token_cfg *t = obj;
+    const char *s;
+    size_t len;
+    char name[128];
+    int rc = get_scalar(ld, v, where, line, "an environment variable name", &s, &len);
+    if (rc < 0 || (rc = token_source(ld, where, line)) < 0) {
+        return rc;
+    }
+    if (len == 0 || len >= sizeof(name) || memchr(s, '=', len) || memchr(s, '\0', len)) {
+        return cfg_fail(ld, line, where, "must name an environment variable");
+    }
+    memcpy(name, s, len);
+    name[len] = '\0';
+    const char *val = getenv(name);
+    if (val == NULL || val[0] == '\0') {
+        return cfg_fail(ld, line, where, "environment variable %s is not set", name);
+    }
+    px_sha256(val, strlen(val), t->sha256);
+    return 0;
+}
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9') {
+        return c - '0';
+    }
+    if (c >= 'a' && c <= 'f') {
+        return c - 'a' + 10;
+    }
+    if (c >= 'A' && c <= 'F') {
+        return c - 'A' + 10;
+    }
+    return -1;
+}
+
+static int h_token_sha256(struct cfg_loader *ld, void *obj, struct fy_node *v, const char *where,
+                          int line)
+{
+    struct px_token_cfg *t = obj;
+    const char *s;
+    size_t len;
+    int rc = get_scalar(ld, v, where, line, "64 hex digits", &s, &len);
+    if (rc < 0 || (rc = token_source(ld, where, line)) < 0) {
+        return rc;
+    }
+    if (len != 64) {
+        return cfg_fail(ld, line, where, "must be 64 hex digits (SHA-256), got %zu characters",
+                        len);
+    }
+    for (size_t i = 0; i < 32; i++) {
+        int hi = hexval(s[2 * i]);
+        int lo = hexval(s[2 * i + 1]);
+        if (hi < 0 || lo < 0) {
+            return cfg_fail(ld, line, where, "must be 64 hex digits (SHA-256)");
+        }
+        t->sha256[i] = (unsigned char)(hi << 4 | lo);
+    }
+    return 0;
+}
+
+static const struct cfg_opt token_opts[] = {
+    {.name = "id",
+     .type = CFG_STR,
+     .flags = CFG_REQUIRED,
+     .offset = offsetof(struct px_token_cfg, id),
+     .min = 1,
+     .max = 64},
+    {.name = "token", .type = CFG_CUSTOM, .handler = h_token},
+    {.name = "token_env", .type = CFG_CUSTOM, .handler = h_token_env},
+    {.name = "token_sha256", .type = CFG_CUSTOM, .handler = h_token_sha256},
+};
+
+/* Report a duplicate name among the first i entries (names at stride bytes apart). */
+static int check_dup(struct cfg_loader *ld, const void *arr, size_t stride, size_t name_off,
+                     size_t i, const int *lines, const char *where, const char *what)
+{
+    const char *name = *(char *const *)(const void *)((const char *)arr + i * stride + name_off);
+    for (size_t k = 0; k < i; k++) {
+        const char *other =
+            *(char *const *)(const void *)((const char *)arr + k * stride + name_off);
+        if (strcmp(name, other) == 0) {
+            return cfg_fail(ld, lines[i], where, "duplicate %s '%s' (first defined at line %d)",
+                            what, name, lines[k]);
+        }
+    }
+    return 0;
+}
+
+static int h_tokens(struct cfg_loader *ld, void *obj, struct fy_node *v, const char *where,
+                    int line)
+{
+    struct px_config *cfg = obj;
+    size_t n;
+    int rc = get_list(ld, v, where, line, 1, &n);
+    if (rc < 0) {
+        return rc;
+    }
+    cfg->tokens = px_calloc(n, sizeof(*cfg->tokens));
+    cfg->ntokens = n;
+    int *lines = px_calloc(n, sizeof(int));
+    void *it = NULL;
+    char sub[CFG_WHERE_MAX];
+    for (size_t i = 0; i < n; i++) {
+        struct fy_node *item = fy_node_sequence_iterate(v, &it);
+        struct px_token_cfg *t = &cfg->tokens[i];
+        where_index(sub, sizeof(sub), where, i);
+        lines[i] = node_line(item, line);
+        ld->nsecrets = 0;
+        if ((rc = check_plain_node(ld, item, sub, line)) < 0 ||
+            (rc = apply_table(ld, token_opts, sizeof(token_opts) / sizeof(token_opts[0]), t, item,
+                              sub, lines[i])) < 0) {
+            goto out;
+        }
+        if (ld->nsecrets != 1) {
+            rc = cfg_fail(ld, lines[i], sub, "give exactly one of token, token_env, token_sha256");
+            goto out;
+        }
+        if ((rc = check_dup(ld, cfg->tokens, sizeof(*t), offsetof(struct px_token_cfg, id), i,
+                            lines, sub, "token id")) < 0) {
+            goto out;
+        }
+        for (size_t k = 0; k < i; k++) {
+            if (memcmp(cfg->tokens[k].sha256, t->sha256, 32) == 0) {
+                rc = cfg_fail(ld, lines[i], sub, "same secret as token '%s' (line %d)",
+                              cfg->tokens[k].id, lines[k]);
+                goto out;
+            }
+        }
+    }
+out:
+    free(lines);
+    return rc;
+}
+
+static const struct cfg_opt auth_opts[] = {
+    {.name = "tokens", .type = CFG_CUSTOM, .flags = CFG_REQUIRED, .handler = h_tokens},
+};
+
+/* ---- backends ---- */
+
+static const char *const protocol_names[] = {"ollama", "openai", NULL};
+
+#define BE(f) offsetof(struct px_backend_cfg, f)
+static const struct cfg_opt backend_opts[] = {
+    {.name = "name",
+     .type = CFG_STR,
+     .flags = CFG_REQUIRED,
+     .offset = BE(name),
+     .min = 1,
+     .max = 64},
+    {.name = "url",
+     .type = CFG_STR,
+     .flags = CFG_REQUIRED,
+     .offset = BE(url),
+     .min = 8,
+     .max = 2048,
+     .check = check_url},
+    {.name = "protocol",
+     .type = CFG_ENUM,
+     .flags = CFG_REQUIRED,
+     .offset = BE(protocol),
+     .names = protocol_names},
+    {.name = "gpu_id", .type = CFG_INT, .offset = BE(gpu_id), .def = -1, .min = -1, .max = 4095},
+    {.name = "max_concurrency",
+     .type = CFG_INT,
+     .offset = BE(max_concurrency),
+     .def = 4,
+     .min = 1,
+     .max = 100000},
+    {.name = "weight", .type = CFG_INT, .offset = BE(weight), .def = 1, .min = 1, .max = 1000},
+    {.name = "backup", .type = CFG_BOOL, .offset = BE(backup), .def = 0, .min = 0, .max = 1},
+};
+#undef BE
+
+static int h_backends(struct cfg_loader *ld, void *obj, struct fy_node *v, const char *where,
+                      int line)
+{
+    struct px_config *cfg = obj;
+    size_t n;
+    int rc = get_list(ld, v, where, line, 1, &n);
+    if (rc < 0) {
+        return rc;
+    }
+    cfg->backends = px_calloc(n, sizeof(*cfg->backends));
+    cfg->nbackends = n;
+    int *lines = px_calloc(n, sizeof(int));
+    void *it = NULL;
+    char sub[CFG_WHERE_MAX];
+    const size_t nopts = sizeof(backend_opts) / sizeof(backend_opts[0]);
+    for (size_t i = 0; i < n; i++) {
+        struct fy_node *item = fy_node_sequence_iterate(v, &it);
+        struct px_backend_cfg *b = &cfg->backends[i];
+        where_index(sub, sizeof(sub), where, i);
+        lines[i] = node_line(item, line);
+        apply_defaults(backend_opts, nopts, b);
+        if ((rc = check_plain_node(ld, item, sub, line)) < 0 ||
+            (rc = apply_table(ld, backend_opts, nopts, b, item, sub, lines[i])) < 0 ||
+            (rc = check_dup(ld, cfg->backends, sizeof(*b), offsetof(struct px_backend_cfg, name), i,
+                            lines, sub, "backend")) < 0) {
+            break;
+        }
+    }
+    free(lines);
+    return rc;
+}
+
+/* ---- models ---- */
+
+static int h_model_backends(struct cfg_loader *ld, void *obj, struct fy_node *v, const char *where,
+                            int line)
+{
+    struct px_model_cfg *m = obj;
+    struct px_config *cfg = ld->cfg;
+    size_t n;
+    int rc = get_list(ld, v, where, line, 1, &n);
+    if (rc < 0) {
+        return rc;
+    }
+    m->backends = px_calloc(n, sizeof(*m->backends));
+    m->nbackends = n;
+    void *it = NULL;
+    char sub[CFG_WHERE_MAX];
+    for (size_t i = 0; i < n; i++) {
+        struct fy_node *item = fy_node_sequence_iterate(v, &it);
+        const char *s;
+        size_t len;
+        where_index(sub, sizeof(sub), where, i);
+        if ((rc = get_scalar(ld, item, sub, line, "a backend name", &s, &len)) < 0) {
+            return rc;
+        }
+        int iline = node_line(item, line);
+        size_t b;
+        for (b = 0; b < cfg->nbackends; b++) {
+            if (strlen(cfg->backends[b].name) == len &&
+                memcmp(cfg->backends[b].name, s, len) == 0) {
+                break;
+            }
+        }
+        if (b == cfg->nbackends) {
+            char shown[48];
+            quote_value(shown, s, len);
+            return cfg_fail(ld, iline, sub, "unknown backend '%s'", shown);
+        }
+        for (size_t k = 0; k < i; k++) {
+            if (m->backends[k] == b) {
+                return cfg_fail(ld, iline, sub, "backend '%s' listed twice", cfg->backends[b].name);
+            }
+        }
+        m->backends[i] = b;
+    }
+    return 0;
+}
+
+#define MO(f) offsetof(struct px_model_cfg, f)
+static const struct cfg_opt model_opts[] = {
+    {.name = "name",
+     .type = CFG_STR,
+     .flags = CFG_REQUIRED,
+     .offset = MO(name),
+     .min = 1,
+     .max = 128},
+    {.name = "upstream_model", .type = CFG_STR, .offset = MO(upstream_model), .min = 1, .max = 128},
+    {.name = "backends", .type = CFG_CUSTOM, .flags = CFG_REQUIRED, .handler = h_model_backends},
+    {.name = "context_window",
+     .type = CFG_I64,
+     .offset = MO(context_window),
+     .def = 0,
+     .min = 0,
+     .max = 100000000},
+};
+#undef MO
+
+static int h_models(struct cfg_loader *ld, void *obj, struct fy_node *v, const char *where,
+                    int line)
+{
+    struct px_config *cfg = obj;
+    size_t n;
+    int rc = get_list(ld, v, where, line, 1, &n);
+    if (rc < 0) {
+        return rc;
+    }
+    cfg->models = px_calloc(n, sizeof(*cfg->models));
+    cfg->nmodels = n;
+    int *lines = px_calloc(n, sizeof(int));
+    void *it = NULL;
+    char sub[CFG_WHERE_MAX];
+    const size_t nopts = sizeof(model_opts) / sizeof(model_opts[0]);
+    for (size_t i = 0; i < n; i++) {
+        struct fy_node *item = fy_node_sequence_iterate(v, &it);
+        struct px_model_cfg *m = &cfg->models[i];
+        where_index(sub, sizeof(sub), where, i);
+        lines[i] = node_line(item, line);
+        apply_defaults(model_opts, nopts, m);
+        if ((rc = check_plain_node(ld, item, sub, line)) < 0 ||
+            (rc = apply_table(ld, model_opts, nopts, m, item, sub, lines[i])) < 0 ||
+            (rc = check_dup(ld, cfg->models, sizeof(*m), offsetof(struct px_model_cfg, name), i,
+                            lines, sub, "model")) < 0) {
+            break;
+        }
+        if (m->upstream_model == NULL) {
+            m->upstream_model = px_strdup(m->name);
+        }
+    }
+    free(lines);
+    return rc;
+}
+
+/* ---- tiers ---- */
+
+/* The PRODUCT.md plan table: what a tier named like one of these gets for every key the file
+ * leaves out, and the whole tier list when the file has no tiers key. */
+static const struct px_tier_cfg builtin_tiers[] = {
+    {.name = "starter",
+     .rpm = 60,
+     .tpm = 100000,
+     .max_context = 4096,
+     .monthly_tokens = 5000000,
+     .default_max_tokens = 256,
+     .price_pence = 3900,
+     .overage_pence_per_mtok = 500,
+     .overage = PX_OVERAGE_BILL,
+     .priority = 0},
+    {.name = "pro",
+     .rpm = 120,
+     .tpm = 250000,
+     .max_context = 8192,
+     .monthly_tokens = 25000000,
+     .default_max_tokens = 256,
+     .price_pence = 14900,
+     .overage_pence_per_mtok = 500,
+     .overage = PX_OVERAGE_BILL,
+     .priority = 1},
+    {.name = "enterprise",
+     .rpm = 300,
+     .tpm = 1000000,
+     .max_context = 16384,
+     .monthly_tokens = 100000000,
+     .default_max_tokens = 256,
+     .price_pence = 49900,
+     .overage_pence_per_mtok = 500,
+     .overage = PX_OVERAGE_BILL,
+     .priority = 2},
+};
+#define NBUILTIN_TIERS (sizeof(builtin_tiers) / sizeof(builtin_tiers[0]))
+
+static const char *const overage_names[] = {"bill", "block", NULL};
+
+#define TI(f) offsetof(struct px_tier_cfg, f)
+/* Rows 1..4 (the limits) have no default of their own: 0 means "not given", filled from the
+ * built-in tier of the same name or reported as missing for a custom tier. */
+static const struct cfg_opt tier_opts[] = {
+    {.name = "name", .type = CFG_STR, .offset = TI(name), .min = 1, .max = 32},
+    {.name = "rpm",
+     .type = CFG_I64,
+     .flags = CFG_RELOADABLE,
+     .offset = TI(rpm),
+     .min = 1,
+     .max = 1000000000},
+    {.name = "tpm",
+     .type = CFG_I64,
+     .flags = CFG_RELOADABLE,
+     .offset = TI(tpm),
+     .min = 1,
+     .max = INT64_C(1000000000000)},
+    {.name = "max_context",
+     .type = CFG_I64,
+     .flags = CFG_RELOADABLE,
+     .offset = TI(max_context),
+     .min = 1,
+     .max = 100000000},
+    {.name = "monthly_tokens",
+     .type = CFG_I64,
+     .flags = CFG_RELOADABLE,
+     .offset = TI(monthly_tokens),
+     .min = 1,
+     .max = INT64_C(1000000000000000)},
+    {.name = "price_gbp",
+     .type = CFG_MONEY,
+     .flags = CFG_RELOADABLE,
+     .offset = TI(price_pence),
+     .def = 0,
+     .min = 0,
+     .max = INT64_C(100000000000)},
+    {.name = "overage",
+     .type = CFG_ENUM,
+     .flags = CFG_RELOADABLE,
+     .offset = TI(overage),
+     .def = PX_OVERAGE_BILL,
+     .names = overage_names},
+    {.name = "overage_gbp_per_million",
+     .type = CFG_MONEY,
+     .flags = CFG_RELOADABLE,
+     .offset = TI(overage_pence_per_mtok),
+     .def = 500,
+     .min = 0,
+     .max = INT64_C(100000000000)},
+    {.name = "default_max_tokens",
+     .type = CFG_I64,
+     .flags = CFG_RELOADABLE,
+     .offset = TI(default_max_tokens),
+     .def = 256,
+     .min = 1,
+     .max = 100000000},
+    {.name = "priority",
+     .type = CFG_INT,
+     .flags = CFG_RELOADABLE,
+     .offset = TI(priority),
+     .def = 0,
+     .min = 0,
+     .max = 100},
+};
+#undef TI
+#define NTIER_OPTS (sizeof(tier_opts) / sizeof(tier_opts[0]))
+
+/* Load one tier: defaults, then the built-in of that name, then the file's keys. */
+static int load_tier(struct cfg_loader *ld, struct px_tier_cfg *t, char *name, struct fy_node *map,
+                     const char *where, int line)
+{
+    apply_defaults(tier_opts, NTIER_OPTS, t);
+    for (size_t b = 0; b < NBUILTIN_TIERS; b++) {
+        if (name && strcmp(builtin_tiers[b].name, name) == 0) {
+            *t = builtin_tiers[b];
+        }
+    }
+    t->name = name;
+    int rc = apply_table(ld, tier_opts, NTIER_OPTS, t, map, where, line);
+    if (rc < 0) {
+        return rc;
+    }
+    if (t->name == NULL) {
+        return cfg_fail(ld, line, where, "missing required key 'name'");
+    }
+    static const char *const limits[] = {"rpm", "tpm", "max_context", "monthly_tokens"};
+    const int64_t vals[] = {t->rpm, t->tpm, t->max_context, t->monthly_tokens};
+    for (size_t k = 0; k < 4; k++) {
+        if (vals[k] == 0) {
+            return cfg_fail(ld, line, where,
+                            "missing required key '%s' (only starter, pro and enterprise have "
+                            "defaults; a tier is never unlimited)",
+                            limits[k]);
+        }
+    }
+    if (t->default_max_tokens >= t->max_context) {
+        return cfg_fail(ld, line, where,
+                        "default_max_tokens (%" PRId64 ") must be below max_context (%" PRId64 ")",
+                        t->default_max_tokens, t->max_context);
+    }
+    return 0;
+}
+
+static int h_tiers(struct cfg_loader *ld, void *obj, struct fy_node *v, const char *where, int line)
+{
+    struct px_config *cfg = obj;
+    int is_map = fy_node_get_type(v) == FYNT_MAPPING;
+    size_t n;
+    int rc;
+    ld->tiers_seen = 1;
+    ld->tiers_line = line;
+    if (is_map) {
+        int c = fy_node_mapping_item_count(v);
+        if (c < 0 || c > CFG_LIST_MAX) {
+            return cfg_fail(ld, line, where, "at most %d entries", CFG_LIST_MAX);
+        }
+        n = (size_t)c;
+        if (n == 0) {
+            return cfg_fail(ld, line, where, "must define at least one tier");
+        }
+    } else if ((rc = get_list(ld, v, where, line, 1, &n)) < 0) {
+        return rc;
+    }
+    cfg->tiers = px_calloc(n, sizeof(*cfg->tiers));
+    cfg->ntiers = n;
+    int *lines = px_calloc(n, sizeof(int));
+    void *it = NULL;
+    char sub[CFG_WHERE_MAX];
+    rc = 0;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        struct fy_node *item;
+        char *name = NULL;
+        if (is_map) {
+            /* tiers: {starter: {rpm: 60}, ...}: the key is the name. */
+            struct fy_node_pair *p = fy_node_mapping_iterate(v, &it);
+            struct fy_node *k = fy_node_pair_key(p);
+            const char *s;
+            size_t len;
+            lines[i] = node_line(k, line);
+            if ((rc = get_scalar(ld, k, where, line, "a tier name", &s, &len)) < 0) {
+                break;
+            }
+            if (len < 1 || len > 32 || is_null_scalar(k, s, len) || memchr(s, '\0', len)) {
+                rc = cfg_fail(ld, lines[i], where, "tier names must be 1 to 32 bytes long");
+                break;
+            }
+            name = px_strndup(s, len);
+            where_join(sub, sizeof(sub), where, name);
+            item = fy_node_pair_value(p);
+            if (item != NULL && fy_node_get_type(item) == FYNT_MAPPING &&
+                fy_node_mapping_lookup_by_string(item, "name", 4) != NULL) {
+                free(name);
+                rc = cfg_fail(ld, lines[i], sub, "'name' is the mapping key here; remove it");
+                break;
+            }
+        } else {
+            item = fy_node_sequence_iterate(v, &it);
+            where_index(sub, sizeof(sub), where, i);
+            lines[i] = node_line(item, line);
+            /* The name decides the defaults, so read it before the other keys. */
+            struct fy_node *nn = item && fy_node_get_type(item) == FYNT_MAPPING
+                                     ? fy_node_mapping_lookup_by_string(item, "name", 4)
+                                     : NULL;
+            size_t len = 0;
+            const char *s =
+                nn && fy_node_get_type(nn) == FYNT_SCALAR ? fy_node_get_scalar(nn, &len) : NULL;
+            name = s ? px_strndup(s, len) : NULL;
+        }
+        if (item == NULL) {
+            free(name);
+            rc = cfg_fail(ld, lines[i], sub, "missing value (expected a mapping)");
+            break;
+        }
+        if ((rc = check_plain_node(ld, item, sub, line)) < 0) {
+            free(name);
+            break;
+        }
+        /* load_tier takes ownership of name (the name row may replace it). */
+        if ((rc = load_tier(ld, &cfg->tiers[i], name, item, sub, lines[i])) < 0) {
+            break;
+        }
+        rc = check_dup(ld, cfg->tiers, sizeof(cfg->tiers[0]), offsetof(struct px_tier_cfg, name), i,
+                       lines, sub, "tier");
+    }
+    free(lines);
+    return rc;
+}
+
+/* Find a tier by a scalar node's text, or fail naming the known tiers. */
+static int resolve_tier(struct cfg_loader *ld, struct fy_node *v, const char *where, int line,
+                        size_t *out)
+{
+    const char *s;
+    size_t len;
+    int rc = get_scalar(ld, v, where, line, "a tier name", &s, &len);
+    if (rc < 0) {
+        return rc;
+    }
+    long t = px_config_tier(ld->cfg, s, len);
+    if (t < 0) {
+        char shown[48];
+        quote_value(shown, s, len);
+        return cfg_fail(ld, node_line(v, line), where, "unknown tier '%s'", shown);
+    }
+    *out = (size_t)t;
+    return 0;
+}
+
+/* Tiers come before default_tier and tenants in the table; when the file has no tiers key
+ * the built-ins must exist by then. */
+static void ensure_tiers(struct px_config *cfg)
+{
+    if (cfg->tiers != NULL) {
+        return;
+    }
+    cfg->tiers = px_calloc(NBUILTIN_TIERS, sizeof(*cfg->tiers));
+    cfg->ntiers = NBUILTIN_TIERS;
+    for (size_t i = 0; i < NBUILTIN_TIERS; i++) {
+        cfg->tiers[i] = builtin_tiers[i];
+        cfg->tiers[i].name = px_strdup(builtin_tiers[i].name);
+    }
+}
+
+static int h_default_tier(struct cfg_loader *ld, void *obj, struct fy_node *v, const char *where,
+                          int line)
+{
+    struct px_config *cfg = obj;
+    ensure_tiers(cfg);
+    ld->default_tier_given = 1;
+    return resolve_tier(ld, v, where, line, &cfg->default_tier);
+}
+
+static int h_tenant_tier(struct cfg_loader *ld, void *obj, struct fy_node *v, const char *where,
+                         int line)
+{
+    struct px_tenant_cfg *t = obj;
+    ensure_tiers(ld->cfg);
+    t->pinned = 1;
+    return resolve_tier(ld, v, where, line, &t->tier);
+}
+
+#define TE(f) offsetof(struct px_tenant_cfg, f)
+static const struct cfg_opt tenant_opts[] = {
+    {.name = "id",
+     .type = CFG_STR,
+     .flags = CFG_REQUIRED,
+     .offset = TE(id),
+     .min = 1,
+     .max = PX_CONFIG_ID_MAX},
+    {.name = "tier", .type = CFG_CUSTOM, .flags = CFG_RELOADABLE, .handler = h_tenant_tier},
+    {.name = "rpm",
+     .type = CFG_I64,
+     .flags = CFG_RELOADABLE,
+     .offset = TE(rpm),
+     .min = 1,
+     .max = 1000000000},
+    {.name = "tpm",
+     .type = CFG_I64,
+     .flags = CFG_RELOADABLE,
+     .offset = TE(tpm),
+     .min = 1,
+     .max = INT64_C(1000000000000)},
+    {.name = "max_context",
+     .type = CFG_I64,
+     .flags = CFG_RELOADABLE,
+     .offset = TE(max_context),
+     .min = 1,
+     .max = 100000000},
+    {.name = "monthly_tokens",
+     .type = CFG_I64,
+     .flags = CFG_RELOADABLE,
+     .offset = TE(monthly_tokens),
+     .min = 1,
+     .max = INT64_C(1000000000000000)},
+};
+#undef TE
+
+static int h_tenants(struct cfg_loader *ld, void *obj, struct fy_node *v, const char *where,
+                     int line)
+{
+    struct px_config *cfg = obj;
+    size_t n;
+    int rc = get_list(ld, v, where, line, 0, &n);
+    if (rc < 0) {
+        return rc;
+    }
+    cfg->tenants = px_calloc(n ? n : 1, sizeof(*cfg->tenants));
+    cfg->ntenants = n;
+    int *lines = px_calloc(n ? n : 1, sizeof(int));
+    void *it = NULL;
+    char sub[CFG_WHERE_MAX];
+    const size_t nopts = sizeof(tenant_opts) / sizeof(tenant_opts[0]);
+    for (size_t i = 0; i < n; i++) {
+        struct fy_node *item = fy_node_sequence_iterate(v, &it);
+        struct px_tenant_cfg *t = &cfg->tenants[i];
+        where_index(sub, sizeof(sub), where, i);
+        lines[i] = node_line(item, line);
+        if ((rc = check_plain_node(ld, item, sub, line)) < 0 ||
+            (rc = apply_table(ld, tenant_opts, nopts, t, item, sub, lines[i])) < 0 ||
+            (rc = check_dup(ld, cfg->tenants, sizeof(*t), offsetof(struct px_tenant_cfg, id), i,
+                            lines, sub, "tenant")) < 0) {
+            break;
+        }
+    }
+    free(lines);
+    return rc;
+}
+
+/* ---- sections holding scalars of struct px_config ---- */
+
+#define CF(f) offsetof(struct px_config, f)
+static const struct cfg_opt store_opts[] = {
+    {.name = "sqlite", .type = CFG_STR, .offset = CF(sqlite_path), .min = 1, .max = 4096},
+};
+
+static const struct cfg_opt http_opts[] = {
+    {.name = "header_max_bytes",
+     .type = CFG_SIZE,
+     .offset = CF(header_max_bytes),
+     .def = 16384,
+     .min = 1024,
+     .max = 1048576},
+    {.name = "body_max_bytes",
+     .type = CFG_SIZE,
+     .offset = CF(body_max_bytes),
+     .def = 4194304,
+     .min = 1024,
+     .max = 268435456},
+    {.name = "header_timeout_ms",
+     .type = CFG_U64,
+     .offset = CF(header_timeout_ms),
+     .def = 10000,
+     .min = 100,
+     .max = 3600000},
+    {.name = "keepalive_timeout_ms",
+     .type = CFG_U64,
+     .offset = CF(keepalive_timeout_ms),
+     .def = 75000,
+     .min = 100,
+     .max = 3600000},
+};
+
+static const struct cfg_opt timeout_opts[] = {
+    {.name = "connect_ms",
+     .type = CFG_U64,
+     .offset = CF(connect_timeout_ms),
+     .def = 5000,
+     .min = 1,
+     .max = 600000},
+    {.name = "first_byte_ms",
+     .type = CFG_U64,
+     .offset = CF(first_byte_timeout_ms),
+     .def = 120000,
+     .min = 1,
+     .max = 3600000},
+    {.name = "idle_ms",
+     .type = CFG_U64,
+     .offset = CF(idle_timeout_ms),
+     .def = 60000,
+     .min = 1,
+     .max = 3600000},
+    {.name = "shutdown_ms",
+     .type = CFG_U64,
+     .offset = CF(shutdown_timeout_ms),
+     .def = 30000,
+     .min = 0,
+     .max = 3600000},
+};
+
+static const struct cfg_opt usage_opts[] = {
+    {.name = "flush_ms",
+     .type = CFG_U64,
+     .offset = CF(usage_flush_ms),
+     .def = 100,
+     .min = 1,
+     .max = 60000},
+    {.name = "batch_max",
+     .type = CFG_SIZE,
+     .offset = CF(usage_batch_max),
+     .def = 1000,
+     .min = 1,
+     .max = 100000},
+};
+
+#define SECTION(n, t) .name = n, .type = CFG_SECTION, .sub = t, .nsub = sizeof(t) / sizeof(t[0])
+/* Order matters: rows are applied top to bottom (backends before models, tiers before
+ * default_tier and tenants). */
+static const struct cfg_opt top_opts[] = {
+    {.name = "node_id", .type = CFG_STR, .offset = CF(node_id), .min = 1, .max = 64},
+    {.name = "listen",
+     .type = CFG_STR,
+     .offset = CF(listen),
+     .def_str = "127.0.0.1:8000",
+     .min = 3,
+     .max = 300,
+     .check = check_hostport},
+    {.name = "data_dir",
+     .type = CFG_STR,
+     .offset = CF(data_dir),
+     .def_str = "./data",
+     .min = 1,
+     .max = 4000},
+    {SECTION("auth", auth_opts), .flags = CFG_REQUIRED},
+    {.name = "backends", .type = CFG_CUSTOM, .flags = CFG_REQUIRED, .handler = h_backends},
+    {.name = "models", .type = CFG_CUSTOM, .flags = CFG_REQUIRED, .handler = h_models},
+    {.name = "tiers", .type = CFG_CUSTOM, .handler = h_tiers},
+    {.name = "default_tier", .type = CFG_CUSTOM, .handler = h_default_tier},
+    {.name = "tenants", .type = CFG_CUSTOM, .handler = h_tenants},
+    {SECTION("store", store_opts)},
+    {SECTION("http", http_opts)},
+    {SECTION("timeouts", timeout_opts)},
+    {SECTION("usage", usage_opts)},
+};
+#undef CF
+
+/* Read the whole file (capped) so the size limit holds before libfyaml sees a byte. */
+static int read_file(struct cfg_loader *ld, char **out, size_t *outlen)
+{
+    FILE *f = fopen(ld->path, "rb");
+    if (f == NULL) {
+        return cfg_fail(ld, 0, NULL, "cannot open: %s", strerror(errno));
+    }
+    char *data = px_malloc(PX_CONFIG_FILE_MAX + 1);
+    size_t n = fread(data, 1, PX_CONFIG_FILE_MAX + 1, f);
+    int rc = 0;
+    if (ferror(f)) {
+        rc = cfg_fail(ld, 0, NULL, "cannot read: %s", strerror(errno));
+    } else if (n > PX_CONFIG_FILE_MAX) {
+        rc = cfg_fail(ld, 0, NULL, "file is larger than %d bytes", PX_CONFIG_FILE_MAX);
+    }
+    fclose(f);
+    if (rc < 0) {
+        free(data);
+        return rc;
+    }
+    *out = data;
+    *outlen = n;
+    return 0;
+}
+
+/* Fill the values that depend on other keys, once every row is applied. */
+static int finish(struct cfg_loader *ld, struct px_config *cfg)
+{
+    if (cfg->node_id == NULL) {
+        char host[256];
+        if (gethostname(host, sizeof(host)) == -1 || host[0] == '\0') {
+            memcpy(host, "localhost", sizeof("localhost"));
+        }
+        host[sizeof(host) - 1] = '\0';
+        host[64] = '\0';
+        cfg->node_id = px_strdup(host);
+    }
+    if (cfg->sqlite_path == NULL) {
+        size_t n = strlen(cfg->data_dir) + sizeof("/usage.db");
+        cfg->sqlite_path = px_malloc(n);
+        snprintf(cfg->sqlite_path, n, "%s/usage.db", cfg->data_dir);
+    }
+    ensure_tiers(cfg);
+    if (!ld->default_tier_given) {
+        long t = px_config_tier(cfg, "starter", 7);
+        if (t < 0) {
+            return cfg_fail(ld, ld->tiers_line, "default_tier",
+                            "not set, and there is no tier named 'starter' to default to");
+        }
+        cfg->default_tier = (size_t)t;
+    }
+    for (size_t i = 0; i < cfg->ntenants; i++) {
+        if (!cfg->tenants[i].pinned) {
+            cfg->tenants[i].tier = cfg->default_tier;
+        }
+    }
+    return 0;
+}
+
+int px_config_load(const char *path, struct px_config **out, char *err, size_t errcap)
+{
+    struct cfg_loader ld = {.path = path, .err = err, .errcap = errcap};
+    struct fy_diag_cfg dcfg;
+    struct fy_diag *diag = NULL;
+    struct fy_document *doc = NULL;
+    struct px_config *cfg = NULL;
+    char *data = NULL;
+    size_t len = 0;
+    int rc;
+
+    *out = NULL;
+    if (err && errcap) {
+        err[0] = '\0';
+    }
+    if ((rc = read_file(&ld, &data, &len)) < 0) {
+        goto fail_read;
+    }
+
+    /* Collect libfyaml's diagnostics instead of letting it print, so a syntax error is
+     * reported once, in our format, with its line. */
+    fy_diag_cfg_default(&dcfg);
+    dcfg.fp = NULL;
+    dcfg.colorize = false;
+    diag = fy_diag_create(&dcfg);
+    if (diag == NULL) {
+        rc = cfg_fail(&ld, 0, NULL, "cannot create the YAML diagnostics");
+        goto fail_diag;
+    }
+    fy_diag_set_collect_errors(diag, true);
+    struct fy_parse_cfg pcfg = {.flags = FYPCF_QUIET | FYPCF_JSON_NONE, .diag = diag};
+    doc = fy_document_build_from_string(&pcfg, data, len);
+    if (doc == NULL) {
+        void *it = NULL;
+        struct fy_diag_error *de = fy_diag_errors_iterate(diag, &it);
+        if (de != NULL) {
+            rc = cfg_fail(&ld, de->line > 0 ? de->line : 1, NULL, "YAML syntax error: %s",
+                          de->msg ? de->msg : "invalid YAML");
+        } else {
+            rc = cfg_fail(&ld, 1, NULL, "empty config (expected a mapping of keys)");
+        }
+        goto fail_doc;
+    }
+    struct fy_node *root = fy_document_root(doc);
+    if (root == NULL) {
+        rc = cfg_fail(&ld, 1, NULL, "empty config (expected a mapping of keys)");
+        goto fail_doc;
+    }
+
+    cfg = px_calloc(1, sizeof(*cfg));
+    ld.cfg = cfg;
+    cfg->path = px_strdup(path);
+    cfg->default_tier = 0;
+    const size_t ntop = sizeof(top_opts) / sizeof(top_opts[0]);
+    apply_defaults(top_opts, ntop, cfg);
+    if ((rc = check_plain_node(&ld, root, NULL, 1)) < 0 ||
+        (rc = apply_table(&ld, top_opts, ntop, cfg, root, "", 1)) < 0 ||
+        (rc = finish(&ld, cfg)) < 0) {
+        goto fail_cfg;
+    }
+
+    *out = cfg;
+    cfg = NULL;
+    rc = 0;
+fail_cfg:
+    px_config_free(cfg);
+fail_doc:
+    fy_document_destroy(doc);
+    fy_diag_destroy(diag);
+fail_diag:
+    free(data);
+fail_read:
+    return rc;
+}
+
+void px_config_free(struct px_config *cfg)
+{
+    if (cfg == NULL) {
+        return;
+    }
+    for (size_t i = 0; i < cfg->ntokens; i++) {
+        free(cfg->tokens[i].id);
+    }
+    free(cfg->tokens);
+    for (size_t i = 0; i < cfg->nbackends; i++) {
+        free(cfg->backends[i].name);
+        free(cfg->backends[i].url);
+    }
+    free(cfg->backends);
+    for (size_t i = 0; i < cfg->nmodels; i++) {
+        free(cfg->models[i].name);
+        free(cfg->models[i].upstream_model);
+        free(cfg->models[i].backends);
+    }
+    free(cfg->models);
+    for (size_t i = 0; i < cfg->ntiers; i++) {
+        free(cfg->tiers[i].name);
+    }
+    free(cfg->tiers);
+    for (size_t i = 0; i < cfg->ntenants; i++) {
+        free(cfg->tenants[i].id);
+    }
+    free(cfg->tenants);
+    free(cfg->sqlite_path);
+    free(cfg->data_dir);
+    free(cfg->listen);
+    free(cfg->node_id);
+    free(cfg->path);
+    free(cfg);
+}
+
+static int name_eq(const char *a, const char *s, size_t len)
+{
+    return a != NULL && strlen(a) == len && memcmp(a, s, len) == 0;
+}
+
+long px_config_model(const struct px_config *cfg, const char *name, size_t len)
+{
+    for (size_t i = 0; i < cfg->nmodels; i++) {
+        if (name_eq(cfg->models[i].name, name, len)) {
+            return (long)i;
+        }
+    }
+    return -1;
+}
+
+long px_config_tier(const struct px_config *cfg, const char *name, size_t len)
+{
+    for (size_t i = 0; i < cfg->ntiers; i++) {
+        if (name_eq(cfg->tiers[i].name, name, len)) {
+            return (long)i;
+        }
+    }
+    return -1;
+}
+
+long px_config_tenant(const struct px_config *cfg, const char *id, size_t len)
+{
+    for (size_t i = 0; i < cfg->ntenants; i++) {
+        if (name_eq(cfg->tenants[i].id, id, len)) {
+            return (long)i;
+        }
+    }
+    return -1;
+}
+
+long px_config_backend(const struct px_config *cfg, const char *name, size_t len)
+{
+    for (size_t i = 0; i < cfg->nbackends; i++) {
+        if (name_eq(cfg->backends[i].name, name, len)) {
+            return (long)i;
+        }
+    }
+    return -1;
+}
