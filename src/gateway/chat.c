@@ -1,0 +1,533 @@
+/* POST /v1/chat/completions, top to bottom:
+ *
+ *   gw_chat_handle   identify (headers) -> parse (body) -> admit -> route
+ *   chat_route       a backend slot now, or wait in the FIFO queue (bounded, timed)
+ *   chat_dispatch    build the backend request (provider adapter), start it on curl
+ *   on_up_data       stream: frame events, translate, write each one as soon as complete
+ *                    JSON: collect (capped)
+ *   on_up_done       finish: closing usage chunk + [DONE], or the JSON answer, or an error
+ *   chat_done        release the slot, meter one usage row, free
+ *
+ * A client that goes away is noticed by the HTTP server (chat_on_abort): the upstream
+ * request is cancelled at once (its connection closed, so the GPU stops generating) and the
+ * request is finished on the next loop turn as 499 client_disconnected, billed for what was
+ * relayed. Errors before the first byte to the client are JSON errors; after it, the stream
+ * ends with an error event and no [DONE], so no client can take a cut stream for a whole one. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/err.h"
+#include "core/log.h"
+#include "core/mem.h"
+#include "core/util.h"
+#include "gateway/internal.h"
+
+#define CHAT_EVENT_MAX_BYTES (1u << 20)  /* one upstream stream event */
+#define CHAT_BODY_MAX_BYTES (16u << 20)  /* a whole upstream JSON answer */
+#define CHAT_OUT_MAX_BYTES (32u << 20)   /* translated bytes waiting to be written */
+
+struct gw_chat {
+    struct gateway *gw;
+    struct http_req *req;       /* NULL once the response ended */
+    struct gw_ident id;
+    struct gw_chat_req body;
+    int identified;             /* authenticated: a usage row will be written */
+    int parsed;                 /* body validated: model and counts are known */
+    long backend;               /* index into gw->backends, -1 before routing */
+    struct upstream_req *up;    /* the backend request while it runs */
+    struct relay relay;
+    struct sse_parser sse;
+    struct buf upbody;          /* JSON answer or error body from the backend */
+    struct buf out;             /* translated bytes for the client */
+    int up_status;              /* backend HTTP status */
+    uint64_t t0_ms;             /* px_mono_ms() at arrival */
+    int64_t queue_ms;           /* time spent waiting for a slot */
+    int64_t ttft_ms;            /* arrival to first byte to the client, -1 if none */
+    int started;                /* the streamed response has started */
+    int client_gone;            /* the client hung up */
+    int status;                 /* HTTP status for the usage row */
+    const char *error_code;     /* "" on success */
+    struct gw_chat *qprev, *qnext; /* wait queue links */
+    int queued;
+    struct gw_chat *reap_next;
+};
+
+static void chat_route(struct gw_chat *c);
+static void chat_done(struct gw_chat *c);
+
+/* ---- replies ---- */
+
+void gw_send_error(struct http_req *req, const char *request_id, const struct gw_error *err)
+{
+    http_resp_header(req, "X-Request-ID", request_id);
+    if (err->status == 503 || err->status == 429) {
+        http_resp_header(req, "Retry-After", "1");
+    }
+    http_resp_error(req, err->status, err->type, err->code, err->message);
+}
+
+/* Headers every answer to an identified request carries. */
+static void chat_headers(struct gw_chat *c)
+{
+    http_resp_header(c->req, "X-Request-ID", c->id.request_id);
+}
+
+static void chat_reject(struct gw_chat *c, const struct gw_error *err)
+{
+    c->status = err->status;
+    c->error_code = err->code;
+    if (c->started) {
+        /* The stream is under way: an error event, and no [DONE] after it. */
+        relay_error_event(&c->out, err->type, err->code, err->message);
+        http_resp_write(c->req, c->out.data, c->out.len);
+        buf_reset(&c->out);
+        http_resp_end(c->req);
+    } else {
+        gw_send_error(c->req, c->id.request_id, err);
+    }
+    c->req = NULL;
+    chat_done(c);
+}
+
+/* Write translated bytes to the client, starting the event stream on the first ones. */
+static void chat_flush(struct gw_chat *c)
+{
+    if (c->out.len == 0 || c->client_gone) {
+        return;
+    }
+    if (!c->started) {
+        c->started = 1;
+        c->ttft_ms = (int64_t)(px_mono_ms() - c->t0_ms);
+        chat_headers(c);
+        http_resp_header(c->req, "Cache-Control", "no-cache");
+        /* Tell nginx (and similar proxies) not to buffer the stream. */
+        http_resp_header(c->req, "X-Accel-Buffering", "no");
+        http_resp_start(c->req, 200, "text/event-stream");
+    }
+    int rc = http_resp_write(c->req, c->out.data, c->out.len);
+    buf_reset(&c->out);
+    if (rc == 1 && c->up) {
+        upstream_req_pause(c->up, 1); /* resumed by chat_on_drain */
+    }
+}
+
+static void chat_on_drain(struct http_req *req)
+{
+    struct gw_chat *c = req->data;
+    if (c->up) {
+        upstream_req_pause(c->up, 0);
+    }
+}
+
+/* ---- upstream callbacks ---- */
+
+static void on_up_head(void *ud, int status)
+{
+    struct gw_chat *c = ud;
+    c->up_status = status;
+}
+
+static int on_event(void *ud, const char *data, size_t len)
+{
+    struct gw_chat *c = ud;
+    if (c->client_gone) {
+        return 1;
+    }
+    enum relay_result r = c->relay.ops->stream_event(&c->relay, data, len, &c->out);
+    if (c->out.len >= CHAT_OUT_MAX_BYTES) {
+        snprintf(c->relay.error, sizeof(c->relay.error), "translated stream exceeds the cap");
+        return 1;
+    }
+    chat_flush(c);
+    return r == RELAY_ERROR || c->client_gone;
+}
+
+static int on_up_data(void *ud, const char *p, size_t n)
+{
+    struct gw_chat *c = ud;
+    if (c->client_gone) {
+        return 1;
+    }
+    if (c->body.stream && c->up_status >= 200 && c->up_status < 300) {
+        int rc = sse_parser_feed(&c->sse, p, n, on_event, c);
+        if (rc == PX_EOVERFLOW) {
+            snprintf(c->relay.error, sizeof(c->relay.error),
+                     "backend stream event exceeds %u bytes", CHAT_EVENT_MAX_BYTES);
+        }
+        return rc;
+    }
+    if (buf_append(&c->upbody, p, n) != 0) {
+        snprintf(c->relay.error, sizeof(c->relay.error), "backend answer exceeds %u bytes",
+                 CHAT_BODY_MAX_BYTES);
+        return 1;
+    }
+    return 0;
+}
+
+/* A backend's non-2xx answer, as the client should see it. */
+static void upstream_status_error(struct gw_chat *c, struct gw_error *err)
+{
+    char msg[256];
+    provider_error_message(c->upbody.data ? c->upbody.data : "", c->upbody.len, msg, sizeof(msg));
+    const char *name = c->gw->backends[c->backend].cfg->name;
+    int s = c->up_status;
+    if (s == 400 || s == 422) {
+        gw_error_set(err, 400, "invalid_request_error", "invalid_value", "backend %s: %s", name,
+                     msg);
+    } else if (s == 429 || s == 503) {
+        gw_error_set(err, 503, "server_error", "backend_busy", "backend %s is busy: %s", name,
+                     msg);
+    } else {
+        gw_error_set(err, 502, "server_error", "upstream_error",
+                     "backend %s answered HTTP %d: %s", name, s, msg);
+    }
+}
+
+static void on_up_done(void *ud, int err, int status, const char *msg)
+{
+    struct gw_chat *c = ud;
+    struct gw_error e;
+    const char *name = c->gw->backends[c->backend].cfg->name;
+    c->up = NULL;
+    if (status && !c->up_status) {
+        c->up_status = status;
+    }
+    int ok2xx = c->up_status >= 200 && c->up_status < 300;
+    if (err == 0 && !ok2xx) {
+        upstream_status_error(c, &e);
+    } else if (err == -ETIMEDOUT) {
+        gw_error_set(&e, 504, "server_error", "upstream_timeout", "backend %s: %s", name, msg);
+    } else if (err == PX_ECLOSED) {
+        gw_error_set(&e, 502, "server_error", "upstream_error", "backend %s: %s", name,
+                     c->relay.error[0] ? c->relay.error : msg);
+    } else if (err != 0) {
+        gw_error_set(&e, 502, "server_error", "upstream_error", "backend %s unreachable: %s",
+                     name, msg);
+    } else if (c->body.stream && !c->relay.done) {
+        gw_error_set(&e, 502, "server_error", "upstream_error",
+                     "backend %s closed the stream before it was complete", name);
+    } else if (c->body.stream) {
+        /* Complete: the one closing usage chunk, then [DONE]. */
+        relay_finish(&c->relay, c->body.prompt_estimate, &c->out);
+        c->req->on_abort = NULL; /* the answer is whole; a late hang-up changes nothing */
+        chat_flush(c);
+        http_resp_end(c->req);
+        c->req = NULL;
+        c->status = 200;
+        chat_done(c);
+        return;
+    } else if (c->relay.ops->complete(&c->relay, c->upbody.data ? c->upbody.data : "",
+                                      c->upbody.len, c->body.prompt_estimate, &c->out) != 0) {
+        gw_error_set(&e, 502, "server_error", "upstream_error", "backend %s: %s", name,
+                     c->relay.error);
+    } else {
+        c->ttft_ms = (int64_t)(px_mono_ms() - c->t0_ms);
+        c->req->on_abort = NULL;
+        chat_headers(c);
+        http_resp_send(c->req, 200, "application/json", c->out.data, c->out.len);
+        c->req = NULL;
+        c->status = 200;
+        chat_done(c);
+        return;
+    }
+    c->gw->backends[c->backend].failures++;
+    px_log(PX_LOG_WARN, "request_id=%s tenant=%s backend=%s event=upstream_failed status=%d msg=\"%s\"",
+           c->id.request_id, c->id.tenant_id, name, e.status, e.message);
+    c->req->on_abort = NULL;
+    chat_reject(c, &e);
+}
+
+/* ---- route and dispatch ---- */
+
+static void chat_dispatch(struct gw_chat *c, long b)
+{
+    struct gateway *gw = c->gw;
+    struct gw_backend *be = &gw->backends[b];
+    const struct px_model_cfg *m = &gw->cfg->models[c->body.model];
+    c->backend = b;
+    be->inflight++;
+    be->requests++;
+    c->queue_ms = (int64_t)(px_mono_ms() - c->t0_ms);
+    relay_init(&c->relay, be->ops, m->name, strcmp(m->name, m->upstream_model) != 0,
+               c->id.request_id);
+    sse_parser_init(&c->sse, be->ops->stream_mode, CHAT_EVENT_MAX_BYTES);
+
+    char *body = NULL;
+    size_t len = 0;
+    char url[1024];
+    snprintf(url, sizeof(url), "%s%s", be->cfg->url, be->ops->chat_path);
+    struct gw_error e;
+    if (be->ops->build_request(c->body.root, m->upstream_model, c->body.stream, &body, &len) != 0) {
+        gw_error_set(&e, 500, "server_error", "internal_error", "could not encode the request");
+        chat_reject(c, &e);
+        return;
+    }
+    struct upstream_req_opts o = {
+        .url = url,
+        .body = body,
+        .body_len = len,
+        .connect_timeout_ms = gw->cfg->connect_timeout_ms,
+        .first_byte_timeout_ms = gw->cfg->first_byte_timeout_ms,
+        .idle_timeout_ms = gw->cfg->idle_timeout_ms,
+        .on_head = on_up_head,
+        .on_data = on_up_data,
+        .on_done = on_up_done,
+        .ud = c,
+    };
+    c->up = upstream_req_start(gw->up, &o);
+    free(body);
+    if (!c->up) {
+        gw_error_set(&e, 502, "server_error", "upstream_error",
+                     "could not start a request to backend %s", be->cfg->name);
+        chat_reject(c, &e);
+    }
+}
+
+static void queue_remove(struct gateway *gw, struct gw_chat *c)
+{
+    if (!c->queued) {
+        return;
+    }
+    if (c->qprev) {
+        c->qprev->qnext = c->qnext;
+    } else {
+        gw->queue_head = c->qnext;
+    }
+    if (c->qnext) {
+        c->qnext->qprev = c->qprev;
+    } else {
+        gw->queue_tail = c->qprev;
+    }
+    c->qprev = c->qnext = NULL;
+    c->queued = 0;
+    gw->queue_len--;
+    if (gw->queue_len == 0) {
+        uv_timer_stop(&gw->queue_timer);
+    }
+}
+
+static void chat_route(struct gw_chat *c)
+{
+    struct gateway *gw = c->gw;
+    long b = gw->queue_len == 0 ? gw_pool_pick(gw, c->body.model) : -1;
+    if (b >= 0) {
+        chat_dispatch(c, b);
+        return;
+    }
+    if (gw->queue_len >= gw->queue_max) {
+        struct gw_error e;
+        gw_error_set(&e, 503, "server_error", "backend_busy",
+                     "every backend slot is busy and %zu requests are already waiting",
+                     gw->queue_len);
+        chat_reject(c, &e);
+        return;
+    }
+    c->queued = 1;
+    c->qprev = gw->queue_tail;
+    if (gw->queue_tail) {
+        gw->queue_tail->qnext = c;
+    } else {
+        gw->queue_head = c;
+    }
+    gw->queue_tail = c;
+    if (gw->queue_len++ == 0) {
+        uv_timer_start(&gw->queue_timer, gw_queue_expire, 100, 100);
+    }
+}
+
+void gw_queue_pump(struct gateway *gw)
+{
+    /* A dispatch can fail at once and finish its request, which pumps again: rather than
+     * walk a list that changed under us, the outer call starts over. */
+    if (gw->pumping) {
+        gw->pump_again = 1;
+        return;
+    }
+    gw->pumping = 1;
+    do {
+        gw->pump_again = 0;
+        /* FIFO: the head goes first; if its model has no free slot, later requests for
+         * other models may go (a busy model must not block an idle one). */
+        for (struct gw_chat *c = gw->queue_head; c && !gw->pump_again; c = c->qnext) {
+            long b = gw_pool_pick(gw, c->body.model);
+            if (b >= 0) {
+                queue_remove(gw, c);
+                chat_dispatch(c, b);
+                gw->pump_again = 1; /* c left the list: restart from the head */
+            }
+        }
+    } while (gw->pump_again);
+    gw->pumping = 0;
+}
+
+uint64_t gw_queue_oldest_ms(const struct gateway *gw)
+{
+    return gw->queue_head ? px_mono_ms() - gw->queue_head->t0_ms : 0;
+}
+
+void gw_queue_expire(uv_timer_t *t)
+{
+    struct gateway *gw = t->data;
+    uint64_t now = px_mono_ms();
+    while (gw->queue_head && now - gw->queue_head->t0_ms >= gw->queue_timeout_ms) {
+        struct gw_chat *c = gw->queue_head;
+        queue_remove(gw, c);
+        c->queue_ms = (int64_t)(now - c->t0_ms);
+        struct gw_error e;
+        gw_error_set(&e, 503, "server_error", "queue_timeout",
+                     "no backend slot became free within %llu ms",
+                     (unsigned long long)gw->queue_timeout_ms);
+        chat_reject(c, &e);
+    }
+}
+
+/* ---- client gone ---- */
+
+static void chat_on_abort(struct http_req *req)
+{
+    struct gw_chat *c = req->data;
+    if (c->client_gone) {
+        return;
+    }
+    c->client_gone = 1;
+    c->status = 499;
+    c->error_code = "client_disconnected";
+    if (c->up) {
+        upstream_req_cancel(c->up); /* closes the backend connection now */
+        c->up = NULL;
+    }
+    queue_remove(c->gw, c);
+    /* We may be deep inside a write or a curl callback: finish on the next loop turn. */
+    c->reap_next = c->gw->reap_head;
+    c->gw->reap_head = c;
+    uv_idle_start(&c->gw->reap_idle, gw_chat_reap);
+}
+
+void gw_chat_reap(uv_idle_t *h)
+{
+    struct gateway *gw = h->data;
+    uv_idle_stop(h);
+    while (gw->reap_head) {
+        struct gw_chat *c = gw->reap_head;
+        gw->reap_head = c->reap_next;
+        http_resp_end(c->req);
+        c->req = NULL;
+        px_log(PX_LOG_INFO, "request_id=%s tenant=%s event=client_disconnected relayed_chunks=%lld",
+               c->id.request_id, c->id.tenant_id, (long long)c->relay.content_chunks);
+        chat_done(c);
+    }
+}
+
+void gw_chat_abort_all(struct gateway *gw)
+{
+    while (gw->queue_head) {
+        struct gw_chat *c = gw->queue_head;
+        queue_remove(gw, c);
+        struct gw_error e;
+        gw_error_set(&e, 503, "server_error", "shutting_down", "the gateway is shutting down");
+        chat_reject(c, &e);
+    }
+}
+
+/* ---- meter and free ---- */
+
+static void copy_str(char *dst, size_t cap, const char *s)
+{
+    snprintf(dst, cap, "%s", s ? s : "");
+}
+
+static void chat_done(struct gw_chat *c)
+{
+    struct gateway *gw = c->gw;
+    const struct px_config *cfg = gw->cfg;
+    if (c->backend >= 0) {
+        gw->backends[c->backend].inflight--;
+    }
+    if (c->identified) {
+        struct usage_event *ev = px_calloc(1, sizeof(*ev));
+        uint64_t now = px_mono_ms();
+        ev->event_time_ms = px_now_ms() - (int64_t)(now - c->t0_ms);
+        copy_str(ev->request_id, sizeof(ev->request_id), c->id.request_id);
+        copy_str(ev->tenant_id, sizeof(ev->tenant_id), c->id.tenant_id);
+        copy_str(ev->user_id, sizeof(ev->user_id), c->id.user_id);
+        copy_str(ev->api_key_id, sizeof(ev->api_key_id), c->id.api_key_id);
+        copy_str(ev->plan_tier, sizeof(ev->plan_tier), cfg->tiers[c->id.tier].name);
+        copy_str(ev->model_name, sizeof(ev->model_name),
+                 c->parsed ? cfg->models[c->body.model].name : "");
+        copy_str(ev->request_type, sizeof(ev->request_type), "chat");
+        copy_str(ev->error_code, sizeof(ev->error_code), c->error_code);
+        copy_str(ev->node_id, sizeof(ev->node_id), cfg->node_id);
+        ev->gpu_id = -1;
+        if (c->backend >= 0) {
+            const struct px_backend_cfg *b = gw->backends[c->backend].cfg;
+            copy_str(ev->provider, sizeof(ev->provider),
+                     b->protocol == PX_PROTO_OLLAMA ? "ollama" : "vllm");
+            copy_str(ev->backend, sizeof(ev->backend), b->name);
+            ev->gpu_id = b->gpu_id;
+            if (!c->relay.usage.present && c->relay.usage.total_tokens == 0) {
+                /* No counts from the backend (cut, gone, failed): bill what was relayed. */
+                provider__estimate(&c->relay, c->body.prompt_estimate,
+                                   c->relay.content_chunks);
+            }
+            ev->prompt_tokens = c->relay.usage.prompt_tokens;
+            ev->completion_tokens = c->relay.usage.completion_tokens;
+            ev->total_tokens = c->relay.usage.total_tokens;
+            ev->usage_estimated = !c->relay.usage.present;
+            ev->output_chars = c->relay.output_chars;
+        }
+        ev->stream = c->parsed && c->body.stream;
+        ev->queue_ms = c->queue_ms;
+        ev->ttft_ms = c->ttft_ms;
+        ev->latency_ms = (int64_t)(now - c->t0_ms);
+        ev->status_code = c->status;
+        ev->success = c->status == 200 && c->error_code[0] == '\0';
+        ev->input_chars = c->body.input_chars;
+        gw_meter(gw, ev);
+    }
+    gw_chat_req_cleanup(&c->body);
+    if (c->backend >= 0) {
+        sse_parser_cleanup(&c->sse);
+    }
+    buf_cleanup(&c->upbody);
+    buf_cleanup(&c->out);
+    free(c);
+    gw->inflight--;
+    gw_queue_pump(gw);
+}
+
+/* ---- entry ---- */
+
+void gw_chat_handle(struct gateway *gw, struct http_req *req)
+{
+    struct gw_chat *c = px_calloc(1, sizeof(*c));
+    c->gw = gw;
+    c->req = req;
+    c->backend = -1;
+    c->ttft_ms = -1;
+    c->t0_ms = req->start_ms;
+    c->error_code = "";
+    buf_init(&c->upbody, CHAT_BODY_MAX_BYTES);
+    buf_init(&c->out, CHAT_OUT_MAX_BYTES);
+    req->data = c;
+    gw->inflight++;
+
+    struct gw_error e;
+    if (gw_identify(gw, req, &c->id, &e) != 0) {
+        /* Only requests that proved who sent them are billed rows. */
+        c->identified = c->id.api_key_id[0] != '\0';
+        chat_reject(c, &e);
+        return;
+    }
+    c->identified = 1;
+    if (gw_chat_req_parse(gw->cfg, req->body, req->body_len, &c->body, &e) != 0) {
+        chat_reject(c, &e);
+        return;
+    }
+    c->parsed = 1;
+    /* Admission against plan limits comes here (issue 3). */
+    req->on_abort = chat_on_abort;
+    req->on_drain = chat_on_drain;
+    chat_route(c);
+}

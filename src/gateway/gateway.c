@@ -1,0 +1,202 @@
+/* The gateway's front: start and stop, the route table, and the small GET endpoints
+ * (/health, /v1/models). The chat path lives in chat.c. */
+#include "gateway/gateway.h"
+
+#include <http_parser.h>
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/err.h"
+#include "core/log.h"
+#include "core/mem.h"
+#include "core/util.h"
+#include "gateway/internal.h"
+
+#define GW_QUEUE_MAX 1024          /* requests allowed to wait for a backend slot */
+#define GW_QUEUE_TIMEOUT_MS 30000  /* longest wait for a slot before 503 */
+
+static void send_json(struct http_req *req, int status, const char *request_id, json_t *j)
+{
+    char *s = json_dumps(j, JSON_COMPACT);
+    json_decref(j);
+    if (request_id) {
+        http_resp_header(req, "X-Request-ID", request_id);
+    }
+    http_resp_send(req, status, "application/json", s ? s : "{}", s ? strlen(s) : 2);
+    free(s);
+}
+
+static void handle_health(struct gateway *gw, struct http_req *req)
+{
+    json_t *backends = json_array();
+    for (size_t i = 0; i < gw->cfg->nbackends; i++) {
+        const struct gw_backend *b = &gw->backends[i];
+        json_array_append_new(
+            backends, json_pack("{s:s,s:s,s:s,s:i,s:i,s:i,s:I,s:I}", "name", b->cfg->name, "url",
+                                b->cfg->url, "protocol", b->ops->name, "gpu_id", b->cfg->gpu_id,
+                                "inflight", b->inflight, "max_concurrency",
+                                b->cfg->max_concurrency, "requests", (json_int_t)b->requests,
+                                "failures", (json_int_t)b->failures));
+    }
+    uint64_t oldest = gw_queue_oldest_ms(gw);
+    json_t *j = json_pack(
+        "{s:s,s:s,s:I,s:I,s:{s:I,s:I},s:o,s:{s:I,s:I}}", "status", "ok", "node_id",
+        gw->cfg->node_id, "uptime_s", (json_int_t)((px_mono_ms() - gw->started_ms) / 1000),
+        "inflight", (json_int_t)gw->inflight, "queue", "length", (json_int_t)gw->queue_len,
+        "oldest_wait_ms", (json_int_t)oldest, "backends", backends, "usage", "backlog",
+        (json_int_t)usage_writer_backlog(gw->usage), "last_commit_unix_ms",
+        (json_int_t)usage_writer_last_commit_ms(gw->usage));
+    send_json(req, 200, NULL, j);
+}
+
+static void handle_models(struct gateway *gw, struct http_req *req)
+{
+    struct gw_ident id;
+    struct gw_error err;
+    /* Listing models needs a service token, not a tenant. */
+    if (gw_identify(gw, req, &id, &err) != 0 && err.status == 401) {
+        gw_send_error(req, id.request_id, &err);
+        return;
+    }
+    json_t *data = json_array();
+    for (size_t i = 0; i < gw->cfg->nmodels; i++) {
+        json_array_append_new(data, json_pack("{s:s,s:s,s:I,s:s}", "id", gw->cfg->models[i].name,
+                                              "object", "model", "created",
+                                              (json_int_t)0, "owned_by", "privax"));
+    }
+    send_json(req, 200, id.request_id, json_pack("{s:s,s:o}", "object", "list", "data", data));
+}
+
+/* The route table: method, exact path (query ignored), handler. */
+static const struct {
+    int method;
+    const char *path;
+    void (*handle)(struct gateway *gw, struct http_req *req);
+} routes[] = {
+    {HTTP_POST, "/v1/chat/completions", gw_chat_handle},
+    {HTTP_GET, "/v1/models", handle_models},
+    {HTTP_GET, "/health", handle_health},
+};
+
+static void on_request(struct http_req *req, void *ud)
+{
+    struct gateway *gw = ud;
+    size_t plen = req->path_len;
+    const char *q = memchr(req->path, '?', plen);
+    if (q) {
+        plen = (size_t)(q - req->path);
+    }
+    int path_known = 0;
+    for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
+        if (strlen(routes[i].path) != plen || memcmp(routes[i].path, req->path, plen) != 0) {
+            continue;
+        }
+        path_known = 1;
+        if (routes[i].method == req->method) {
+            routes[i].handle(gw, req);
+            return;
+        }
+    }
+    char rid[37];
+    px_uuid4(rid);
+    struct gw_error err;
+    if (path_known) {
+        gw_error_set(&err, 405, "invalid_request_error", "method_not_allowed",
+                     "method %s is not allowed on this path",
+                     http_method_str((enum http_method)req->method));
+    } else {
+        gw_error_set(&err, 404, "invalid_request_error", "unknown_url",
+                     "unknown URL: %.*s %.200s", 8,
+                     http_method_str((enum http_method)req->method), req->path);
+    }
+    gw_send_error(req, rid, &err);
+}
+
+int gateway_start(struct gateway **out, uv_loop_t *loop, const struct px_config *cfg,
+                  struct usage_writer *usage)
+{
+    struct gateway *gw = px_calloc(1, sizeof(*gw));
+    gw->loop = loop;
+    gw->cfg = cfg;
+    gw->usage = usage;
+    gw->queue_max = GW_QUEUE_MAX;
+    gw->queue_timeout_ms = GW_QUEUE_TIMEOUT_MS;
+    gw->started_ms = px_mono_ms();
+    gw->backends = px_calloc(cfg->nbackends, sizeof(*gw->backends));
+    for (size_t i = 0; i < cfg->nbackends; i++) {
+        gw->backends[i].cfg = &cfg->backends[i];
+        gw->backends[i].ops =
+            cfg->backends[i].protocol == PX_PROTO_OLLAMA ? &provider_ollama : &provider_openai;
+    }
+    int rc = upstream_client_new(&gw->up, loop);
+    if (rc != 0) {
+        goto fail_upstream;
+    }
+    struct http_server_opts ho;
+    http_server_opts_default(&ho);
+    ho.header_max_bytes = cfg->header_max_bytes;
+    ho.body_max_bytes = cfg->body_max_bytes;
+    ho.header_timeout_ms = cfg->header_timeout_ms;
+    ho.keepalive_timeout_ms = cfg->keepalive_timeout_ms;
+    rc = http_server_start(&gw->http, loop, cfg->listen, &ho, on_request, gw);
+    if (rc != 0) {
+        px_log(PX_LOG_ERROR, "event=listen_failed listen=%s error=\"%s\"", cfg->listen,
+               px_strerror(rc));
+        goto fail_http;
+    }
+    uv_timer_init(loop, &gw->queue_timer);
+    gw->queue_timer.data = gw;
+    uv_idle_init(loop, &gw->reap_idle);
+    gw->reap_idle.data = gw;
+    *out = gw;
+    return 0;
+fail_http:
+    upstream_client_free(gw->up);
+fail_upstream:
+    free(gw->backends);
+    free(gw);
+    return rc;
+}
+
+int gateway_port(const struct gateway *gw)
+{
+    return http_server_port(gw->http);
+}
+
+size_t gateway_inflight(const struct gateway *gw)
+{
+    return gw->inflight;
+}
+
+void gateway_stop_accepting(struct gateway *gw)
+{
+    http_server_stop_accepting(gw->http);
+}
+
+static void on_reap_closed(uv_handle_t *h)
+{
+    struct gateway *gw = h->data;
+    free(gw->backends);
+    free(gw);
+}
+
+static void on_queue_timer_closed(uv_handle_t *h)
+{
+    struct gateway *gw = h->data;
+    uv_close((uv_handle_t *)&gw->reap_idle, on_reap_closed);
+}
+
+void gateway_free(struct gateway *gw)
+{
+    if (!gw) {
+        return;
+    }
+    gw_chat_abort_all(gw);
+    /* Relaying requests are aborted by the server (client side), which cancels upstream. */
+    http_server_free(gw->http);
+    gw_chat_reap(&gw->reap_idle);
+    upstream_client_free(gw->up);
+    uv_timer_stop(&gw->queue_timer);
+    uv_close((uv_handle_t *)&gw->queue_timer, on_queue_timer_closed);
+}

@@ -1,0 +1,108 @@
+#include "http/sse.h"
+
+#include <string.h>
+
+#include "core/err.h"
+
+void sse_parser_init(struct sse_parser *p, enum sse_mode mode, size_t event_max_bytes)
+{
+    p->mode = mode;
+    buf_init(&p->line, event_max_bytes);
+    buf_init(&p->data, event_max_bytes);
+    p->has_data = 0;
+    p->skip_lf = 0;
+}
+
+void sse_parser_cleanup(struct sse_parser *p)
+{
+    buf_cleanup(&p->line);
+    buf_cleanup(&p->data);
+}
+
+int sse_parser_pending(const struct sse_parser *p)
+{
+    return p->line.len > 0 || p->has_data;
+}
+
+/* One complete line (without its terminator) of an event stream. */
+static int sse_line(struct sse_parser *p, const char *s, size_t n, sse_event_fn cb, void *ud)
+{
+    if (p->mode == SSE_MODE_NDJSON) {
+        if (n > 0 && s[n - 1] == '\r') {
+            n--;
+        }
+        return n == 0 ? 0 : cb(ud, s, n);
+    }
+    if (n == 0) {
+        /* Blank line: dispatch the event if it had data (the spec ignores data-less events). */
+        if (!p->has_data) {
+            return 0;
+        }
+        p->has_data = 0;
+        int rc = cb(ud, p->data.data, p->data.len);
+        buf_reset(&p->data);
+        return rc;
+    }
+    if (s[0] == ':') {
+        return 0; /* comment, e.g. keep-alive pings */
+    }
+    const char *colon = memchr(s, ':', n);
+    size_t name_len = colon ? (size_t)(colon - s) : n;
+    if (name_len != 4 || memcmp(s, "data", 4) != 0) {
+        return 0; /* event:, id:, retry: and unknown fields carry nothing we relay */
+    }
+    const char *v = colon ? colon + 1 : s + n;
+    size_t vlen = (size_t)(s + n - v);
+    if (vlen > 0 && v[0] == ' ') {
+        v++;
+        vlen--;
+    }
+    if (p->has_data && buf_append(&p->data, "\n", 1) != 0) {
+        return PX_EOVERFLOW;
+    }
+    p->has_data = 1;
+    return buf_append(&p->data, v, vlen);
+}
+
+int sse_parser_feed(struct sse_parser *p, const char *bytes, size_t n, sse_event_fn cb, void *ud)
+{
+    const char *s = bytes;
+    const char *end = bytes + n;
+    int ndjson = p->mode == SSE_MODE_NDJSON;
+    while (s < end) {
+        if (p->skip_lf) {
+            p->skip_lf = 0;
+            if (*s == '\n') {
+                s++;
+                continue;
+            }
+        }
+        /* Find the next line terminator: LF always; CR too for event streams. */
+        const char *eol = NULL;
+        for (const char *q = s; q < end; q++) {
+            if (*q == '\n' || (!ndjson && *q == '\r')) {
+                eol = q;
+                break;
+            }
+        }
+        if (!eol) {
+            return buf_append(&p->line, s, (size_t)(end - s));
+        }
+        int rc;
+        if (p->line.len == 0) {
+            rc = sse_line(p, s, (size_t)(eol - s), cb, ud); /* whole line in this read: no copy */
+        } else {
+            rc = buf_append(&p->line, s, (size_t)(eol - s));
+            if (rc == 0) {
+                rc = sse_line(p, p->line.data, p->line.len, cb, ud);
+            }
+            buf_reset(&p->line);
+        }
+        if (rc != 0) {
+            return rc;
+        }
+        p->skip_lf = *eol == '\r';
+        s = eol + 1;
+    }
+    return 0;
+}

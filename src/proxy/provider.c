@@ -1,0 +1,141 @@
+#include "proxy/provider.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/err.h"
+
+/* Counts above this are garbage, not usage: refuse rather than bill them. */
+#define PROVIDER_COUNT_MAX 1000000000000LL
+
+void relay_init(struct relay *r, const struct provider_ops *ops, const char *model,
+                int rewrite_model, const char *request_id)
+{
+    memset(r, 0, sizeof(*r));
+    r->ops = ops;
+    r->model = model;
+    r->rewrite_model = rewrite_model;
+    snprintf(r->id, sizeof(r->id), "chatcmpl-%s", request_id);
+    r->created = (int64_t)time(NULL);
+}
+
+int64_t provider_utf8_chars(const char *s, size_t n)
+{
+    int64_t c = 0;
+    for (size_t i = 0; i < n; i++) {
+        c += ((unsigned char)s[i] & 0xc0) != 0x80;
+    }
+    return c;
+}
+
+void provider__sse_json(struct buf *out, json_t *j)
+{
+    char *s = json_dumps(j, JSON_COMPACT);
+    json_decref(j);
+    if (!s) {
+        return;
+    }
+    /* A failed append means the response buffer cap was reached; the caller checks len. */
+    (void)buf_append(out, "data: ", 6);
+    (void)buf_append_str(out, s);
+    (void)buf_append(out, "\n\n", 2);
+    free(s);
+}
+
+void provider__estimate(struct relay *r, int64_t prompt_estimate, int64_t completion_estimate)
+{
+    r->usage.prompt_tokens = prompt_estimate;
+    r->usage.completion_tokens = completion_estimate;
+    r->usage.total_tokens = prompt_estimate + completion_estimate;
+    r->usage.present = 0;
+}
+
+static json_t *usage_json(const struct px_usage *u)
+{
+    return json_pack("{s:I,s:I,s:I}", "prompt_tokens", (json_int_t)u->prompt_tokens,
+                     "completion_tokens", (json_int_t)u->completion_tokens, "total_tokens",
+                     (json_int_t)u->total_tokens);
+}
+
+void relay_finish(struct relay *r, int64_t prompt_estimate, struct buf *out)
+{
+    if (!r->usage.present) {
+        provider__estimate(r, prompt_estimate, r->content_chunks);
+    }
+    json_t *chunk = json_pack("{s:s,s:s,s:I,s:s,s:[],s:o}", "id", r->id, "object",
+                              "chat.completion.chunk", "created", (json_int_t)r->created, "model",
+                              r->model, "choices", "usage", usage_json(&r->usage));
+    provider__sse_json(out, chunk);
+    (void)buf_append_str(out, "data: [DONE]\n\n");
+}
+
+void relay_error_event(struct buf *out, const char *type, const char *code, const char *msg)
+{
+    json_t *ev = json_pack("{s:{s:s,s:s,s:s?}}", "error", "message", msg, "type", type, "code",
+                           code);
+    provider__sse_json(out, ev);
+}
+
+static int count_ok(const json_t *v, int64_t *out)
+{
+    if (!json_is_integer(v)) {
+        return 0;
+    }
+    json_int_t n = json_integer_value(v);
+    if (n < 0 || n > PROVIDER_COUNT_MAX) {
+        return 0;
+    }
+    *out = (int64_t)n;
+    return 1;
+}
+
+int provider_usage_from_openai(const json_t *usage, struct px_usage *out)
+{
+    struct px_usage u = {0};
+    if (!json_is_object(usage) ||
+        !count_ok(json_object_get(usage, "prompt_tokens"), &u.prompt_tokens) ||
+        !count_ok(json_object_get(usage, "completion_tokens"), &u.completion_tokens)) {
+        return PX_EPARSE;
+    }
+    const json_t *total = json_object_get(usage, "total_tokens");
+    if (total && !count_ok(total, &u.total_tokens)) {
+        return PX_EPARSE;
+    }
+    /* Bill what was consumed: never trust a total smaller than its parts. */
+    if (u.total_tokens < u.prompt_tokens + u.completion_tokens) {
+        u.total_tokens = u.prompt_tokens + u.completion_tokens;
+    }
+    u.present = 1;
+    *out = u;
+    return 0;
+}
+
+void provider_error_message(const char *body, size_t len, char *msg, size_t cap)
+{
+    json_t *j = json_loadb(body, len, 0, NULL);
+    const char *m = NULL;
+    if (json_is_object(j)) {
+        json_t *e = json_object_get(j, "error");
+        if (json_is_string(e)) {
+            m = json_string_value(e); /* Ollama */
+        } else if (json_is_object(e) && json_is_string(json_object_get(e, "message"))) {
+            m = json_string_value(json_object_get(e, "message")); /* OpenAI */
+        } else if (json_is_string(json_object_get(j, "message"))) {
+            m = json_string_value(json_object_get(j, "message")); /* vLLM */
+        }
+    }
+    if (m) {
+        snprintf(msg, cap, "%s", m);
+    } else {
+        /* Not JSON: keep a printable prefix so the operator sees what came back. */
+        size_t k = 0;
+        for (size_t i = 0; i < len && k + 1 < cap && k < 200; i++) {
+            unsigned char c = (unsigned char)body[i];
+            msg[k++] = (c >= 0x20 && c < 0x7f) ? (char)c : ' ';
+        }
+        msg[k] = '\0';
+    }
+    json_decref(j);
+}
