@@ -83,6 +83,7 @@ struct http_conn {
     int ready;            /* 1 while on the server's ready list */
     int read_stopped;     /* 1 when reading is stopped because pending is full */
     int continue_sent;    /* 1 once "100 Continue" went out for this request */
+    int cut;              /* 1 when the handler hung up mid-response (http_resp_abort) */
 };
 
 struct http_server {
@@ -448,6 +449,7 @@ static void conn_dispatch(struct http_conn *c)
     c->chunked = 0;
     c->no_body = 0;
     c->drain_wanted = 0;
+    c->cut = 0;
     req->method = p->method;
     req->path = h1_url(p);
     req->path_len = p->url_len;
@@ -1009,7 +1011,7 @@ void http_resp_end(struct http_req *req)
 {
     struct http_conn *c = conn_of(req);
     PX_ASSERT(c->req_active);
-    if (!c->closed) {
+    if (!c->closed && !c->cut) {
         if (!c->resp_started) {
             c->resp_started = 1;
             conn_respond_error(c, 500, "server_error", NULL, "handler sent no response",
@@ -1031,6 +1033,27 @@ void http_resp_end(struct http_req *req)
         return;
     }
     conn_after_response(c);
+}
+
+void http_resp_abort(struct http_req *req, int reset)
+{
+    struct http_conn *c = conn_of(req);
+    PX_ASSERT(c->req_active);
+    c->aborted = 1;
+    req->keep_alive = 0;
+    if (!c->closed && reset) {
+        /* SO_LINGER with a zero timeout makes close() send RST instead of FIN. */
+        uv_os_fd_t fd;
+        if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0) {
+            struct linger lg = {.l_onoff = 1, .l_linger = 0};
+            setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+        }
+        conn_close(c);
+    }
+    /* Without reset, what is queued still goes out, then the write side shuts (FIN) through
+     * the lingering close in conn_after_response: no terminator, no error reply. */
+    c->cut = 1;
+    http_resp_end(req);
 }
 
 int http_resp_started(const struct http_req *req)

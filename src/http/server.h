@@ -127,6 +127,13 @@ int http_resp_write(struct http_req *req, const char *data, size_t len);
  * caller must not touch req afterwards. Safe to call after the client has gone. */
 void http_resp_end(struct http_req *req);
 
+/* Hang up without finishing the response and release the request: the client sees the
+ * connection close (reset=0: FIN) or reset (reset=1: RST) with whatever was already queued
+ * ahead of it, never a clean end of the body. on_abort is not called. For relays whose
+ * upstream failed mid-stream, and for fault injection. The caller must not touch req
+ * afterwards. */
+void http_resp_abort(struct http_req *req, int reset);
+
 /* 1 once the response has started (status line queued). */
 int http_resp_started(const struct http_req *req);
 
