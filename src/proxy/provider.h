@@ -36,6 +36,7 @@ struct relay {
     int64_t content_chunks;   /* stream chunks that carried content (~ tokens relayed) */
     int64_t output_chars;     /* Unicode characters of content relayed */
     int role_sent;            /* the first chunk (role: assistant) was written */
+    int id_from_upstream;     /* id was taken from the backend's first chunk */
     int done;                 /* the upstream said the stream is complete */
     char finish_reason[16];   /* stop | length | ... as reported */
     char error[256];          /* why the upstream stream failed, when it did */

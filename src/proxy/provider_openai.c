@@ -92,6 +92,11 @@ static enum relay_result openai_stream_event(struct relay *r, const char *data, 
     if (json_object_get(delta, "role")) {
         r->role_sent = 1;
     }
+    if (!r->id_from_upstream && json_is_string(json_object_get(j, "id"))) {
+        /* The closing usage chunk privax writes carries the same id as the backend's. */
+        r->id_from_upstream = 1;
+        snprintf(r->id, sizeof(r->id), "%s", json_string_value(json_object_get(j, "id")));
+    }
     json_t *fr = json_object_get(c0, "finish_reason");
     if (json_is_string(fr)) {
         snprintf(r->finish_reason, sizeof(r->finish_reason), "%s", json_string_value(fr));
