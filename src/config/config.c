@@ -16,7 +16,8 @@
  * every partial state because arrays are zeroed when allocated and counted at once.
  *
  * Deliberately rejected: aliases (*x, so no billion-laughs expansion and no shared nodes),
- * tags, non-string keys, quoted numbers ("60" is a string in YAML and a typo in a config),
+ * tags, non-string keys, duplicate keys (checked here rather than by libfyaml so the message
+ * names the key and both lines), quoted numbers ("60" is a string in YAML and a typo in a config),
  * control characters in any string, files over PX_CONFIG_FILE_MAX bytes and lists over
  * CFG_LIST_MAX entries. */
 #include "config/config.h"
@@ -85,6 +86,31 @@ struct cfg_opt {
     cfg_handler_fn handler;    /* CFG_CUSTOM: the loader */
     cfg_check_fn check;        /* CFG_STR: extra validation, may be NULL */
 };
+
+/* Row constructors, one row per line (the redis createIntConfig() style). off is an
+ * offsetof() into the struct the table fills; fl is CFG_REQUIRED and/or RL. */
+#define RL CFG_RELOADABLE
+#define OPT_STR(n, off, fl, lo, hi, d, chk)                                                        \
+    {                                                                                              \
+        .name = n, .type = CFG_STR, .flags = fl, .offset = off, .min = lo, .max = hi,              \
+        .def_str = d, .check = chk                                                                 \
+    }
+#define OPT_NUM(n, ty, off, fl, d, lo, hi)                                                         \
+    {                                                                                              \
+        .name = n, .type = ty, .flags = fl, .offset = off, .def = d, .min = lo, .max = hi          \
+    }
+#define OPT_ENUM(n, off, fl, d, nm)                                                                \
+    {                                                                                              \
+        .name = n, .type = CFG_ENUM, .flags = fl, .offset = off, .def = d, .names = nm             \
+    }
+#define OPT_CUSTOM(n, fl, h)                                                                       \
+    {                                                                                              \
+        .name = n, .type = CFG_CUSTOM, .flags = fl, .handler = h                                   \
+    }
+#define OPT_SECTION(n, fl, t)                                                                      \
+    {                                                                                              \
+        .name = n, .type = CFG_SECTION, .flags = fl, .sub = t, .nsub = sizeof(t) / sizeof(t[0])    \
+    }
 
 struct cfg_loader {
     const char *path;       /* file name used in messages */
@@ -492,11 +518,21 @@ static int apply_table(struct cfg_loader *ld, const struct cfg_opt *tab, size_t 
             quote_value(shown, ks ? ks : "", ks ? kl : 0);
             return cfg_fail(ld, kline, where, "unknown key '%s'", shown);
         }
+        if (pairs[i] != NULL) {
+            return cfg_fail(ld, kline, where, "duplicate key '%s' (first at line %d)", tab[i].name,
+                            lines[i]);
+        }
         pairs[i] = p;
         lines[i] = kline;
     }
-    /* Keys that are present go first, so a wrong value is reported before a missing key
-     * (the missing one is often what the user is still typing). */
+    /* A missing key is reported before the values of the others, so a missing section is
+     * named as such rather than surfacing as "unknown backend" further down. */
+    for (size_t i = 0; i < n; i++) {
+        if (pairs[i] == NULL && (tab[i].flags & CFG_REQUIRED)) {
+            return cfg_fail(ld, node_line(map, line), where, "missing required key '%s'",
+                            tab[i].name);
+        }
+    }
     for (size_t i = 0; i < n; i++) {
         if (pairs[i] == NULL) {
             continue;
@@ -505,12 +541,6 @@ static int apply_table(struct cfg_loader *ld, const struct cfg_opt *tab, size_t 
         int rc = apply_opt(ld, &tab[i], obj, fy_node_pair_value(pairs[i]), sub, lines[i]);
         if (rc < 0) {
             return rc;
-        }
-    }
-    for (size_t i = 0; i < n; i++) {
-        if (pairs[i] == NULL && (tab[i].flags & CFG_REQUIRED)) {
-            return cfg_fail(ld, node_line(map, line), where, "missing required key '%s'",
-                            tab[i].name);
         }
     }
     return 0;
@@ -667,15 +697,10 @@ static int h_token_sha256(struct cfg_loader *ld, void *obj, struct fy_node *v, c
 }
 
 static const struct cfg_opt token_opts[] = {
-    {.name = "id",
-     .type = CFG_STR,
-     .flags = CFG_REQUIRED,
-     .offset = offsetof(struct px_token_cfg, id),
-     .min = 1,
-     .max = 64},
-    {.name = "token", .type = CFG_CUSTOM, .handler = h_token},
-    {.name = "token_env", .type = CFG_CUSTOM, .handler = h_token_env},
-    {.name = "token_sha256", .type = CFG_CUSTOM, .handler = h_token_sha256},
+    OPT_STR("id", offsetof(struct px_token_cfg, id), CFG_REQUIRED, 1, 64, NULL, NULL),
+    OPT_CUSTOM("token", 0, h_token),
+    OPT_CUSTOM("token_env", 0, h_token_env),
+    OPT_CUSTOM("token_sha256", 0, h_token_sha256),
 };
 
 /* Report a duplicate name among the first i entries (names at stride bytes apart). */
@@ -741,7 +766,7 @@ out:
 }
 
 static const struct cfg_opt auth_opts[] = {
-    {.name = "tokens", .type = CFG_CUSTOM, .flags = CFG_REQUIRED, .handler = h_tokens},
+    OPT_CUSTOM("tokens", CFG_REQUIRED, h_tokens),
 };
 
 /* ---- backends ---- */
@@ -750,33 +775,13 @@ static const char *const protocol_names[] = {"ollama", "openai", NULL};
 
 #define BE(f) offsetof(struct px_backend_cfg, f)
 static const struct cfg_opt backend_opts[] = {
-    {.name = "name",
-     .type = CFG_STR,
-     .flags = CFG_REQUIRED,
-     .offset = BE(name),
-     .min = 1,
-     .max = 64},
-    {.name = "url",
-     .type = CFG_STR,
-     .flags = CFG_REQUIRED,
-     .offset = BE(url),
-     .min = 8,
-     .max = 2048,
-     .check = check_url},
-    {.name = "protocol",
-     .type = CFG_ENUM,
-     .flags = CFG_REQUIRED,
-     .offset = BE(protocol),
-     .names = protocol_names},
-    {.name = "gpu_id", .type = CFG_INT, .offset = BE(gpu_id), .def = -1, .min = -1, .max = 4095},
-    {.name = "max_concurrency",
-     .type = CFG_INT,
-     .offset = BE(max_concurrency),
-     .def = 4,
-     .min = 1,
-     .max = 100000},
-    {.name = "weight", .type = CFG_INT, .offset = BE(weight), .def = 1, .min = 1, .max = 1000},
-    {.name = "backup", .type = CFG_BOOL, .offset = BE(backup), .def = 0, .min = 0, .max = 1},
+    OPT_STR("name", BE(name), CFG_REQUIRED, 1, 64, NULL, NULL),
+    OPT_STR("url", BE(url), CFG_REQUIRED, 8, 2048, NULL, check_url),
+    OPT_ENUM("protocol", BE(protocol), CFG_REQUIRED, 0, protocol_names),
+    OPT_NUM("gpu_id", CFG_INT, BE(gpu_id), 0, -1, -1, 4095),
+    OPT_NUM("max_concurrency", CFG_INT, BE(max_concurrency), 0, 4, 1, 100000),
+    OPT_NUM("weight", CFG_INT, BE(weight), 0, 1, 1, 1000),
+    OPT_NUM("backup", CFG_BOOL, BE(backup), 0, 0, 0, 1),
 };
 #undef BE
 
@@ -861,20 +866,10 @@ static int h_model_backends(struct cfg_loader *ld, void *obj, struct fy_node *v,
 
 #define MO(f) offsetof(struct px_model_cfg, f)
 static const struct cfg_opt model_opts[] = {
-    {.name = "name",
-     .type = CFG_STR,
-     .flags = CFG_REQUIRED,
-     .offset = MO(name),
-     .min = 1,
-     .max = 128},
-    {.name = "upstream_model", .type = CFG_STR, .offset = MO(upstream_model), .min = 1, .max = 128},
-    {.name = "backends", .type = CFG_CUSTOM, .flags = CFG_REQUIRED, .handler = h_model_backends},
-    {.name = "context_window",
-     .type = CFG_I64,
-     .offset = MO(context_window),
-     .def = 0,
-     .min = 0,
-     .max = 100000000},
+    OPT_STR("name", MO(name), CFG_REQUIRED, 1, 128, NULL, NULL),
+    OPT_STR("upstream_model", MO(upstream_model), 0, 1, 128, NULL, NULL),
+    OPT_CUSTOM("backends", CFG_REQUIRED, h_model_backends),
+    OPT_NUM("context_window", CFG_I64, MO(context_window), 0, 0, 0, 100000000),
 };
 #undef MO
 
@@ -917,37 +912,18 @@ static int h_models(struct cfg_loader *ld, void *obj, struct fy_node *v, const c
 
 /* The PRODUCT.md plan table: what a tier named like one of these gets for every key the file
  * leaves out, and the whole tier list when the file has no tiers key. */
+/* name, rpm, tpm, max_context, monthly_tokens, price in pence, priority; every built-in tier
+ * bills overage at 500 pence per 1M tokens and assumes 256 completion tokens. */
+#define BUILTIN_TIER(n, r, t, c, m, p, prio)                                                       \
+    {                                                                                              \
+        .name = n, .rpm = r, .tpm = t, .max_context = c, .monthly_tokens = m,                      \
+        .default_max_tokens = 256, .price_pence = p, .overage_pence_per_mtok = 500,                \
+        .overage = PX_OVERAGE_BILL, .priority = prio                                               \
+    }
 static const struct px_tier_cfg builtin_tiers[] = {
-    {.name = "starter",
-     .rpm = 60,
-     .tpm = 100000,
-     .max_context = 4096,
-     .monthly_tokens = 5000000,
-     .default_max_tokens = 256,
-     .price_pence = 3900,
-     .overage_pence_per_mtok = 500,
-     .overage = PX_OVERAGE_BILL,
-     .priority = 0},
-    {.name = "pro",
-     .rpm = 120,
-     .tpm = 250000,
-     .max_context = 8192,
-     .monthly_tokens = 25000000,
-     .default_max_tokens = 256,
-     .price_pence = 14900,
-     .overage_pence_per_mtok = 500,
-     .overage = PX_OVERAGE_BILL,
-     .priority = 1},
-    {.name = "enterprise",
-     .rpm = 300,
-     .tpm = 1000000,
-     .max_context = 16384,
-     .monthly_tokens = 100000000,
-     .default_max_tokens = 256,
-     .price_pence = 49900,
-     .overage_pence_per_mtok = 500,
-     .overage = PX_OVERAGE_BILL,
-     .priority = 2},
+    BUILTIN_TIER("starter", 60, 100000, 4096, 5000000, 3900, 0),
+    BUILTIN_TIER("pro", 120, 250000, 8192, 25000000, 14900, 1),
+    BUILTIN_TIER("enterprise", 300, 1000000, 16384, 100000000, 49900, 2),
 };
 #define NBUILTIN_TIERS (sizeof(builtin_tiers) / sizeof(builtin_tiers[0]))
 
@@ -957,65 +933,17 @@ static const char *const overage_names[] = {"bill", "block", NULL};
 /* Rows 1..4 (the limits) have no default of their own: 0 means "not given", filled from the
  * built-in tier of the same name or reported as missing for a custom tier. */
 static const struct cfg_opt tier_opts[] = {
-    {.name = "name", .type = CFG_STR, .offset = TI(name), .min = 1, .max = 32},
-    {.name = "rpm",
-     .type = CFG_I64,
-     .flags = CFG_RELOADABLE,
-     .offset = TI(rpm),
-     .min = 1,
-     .max = 1000000000},
-    {.name = "tpm",
-     .type = CFG_I64,
-     .flags = CFG_RELOADABLE,
-     .offset = TI(tpm),
-     .min = 1,
-     .max = INT64_C(1000000000000)},
-    {.name = "max_context",
-     .type = CFG_I64,
-     .flags = CFG_RELOADABLE,
-     .offset = TI(max_context),
-     .min = 1,
-     .max = 100000000},
-    {.name = "monthly_tokens",
-     .type = CFG_I64,
-     .flags = CFG_RELOADABLE,
-     .offset = TI(monthly_tokens),
-     .min = 1,
-     .max = INT64_C(1000000000000000)},
-    {.name = "price_gbp",
-     .type = CFG_MONEY,
-     .flags = CFG_RELOADABLE,
-     .offset = TI(price_pence),
-     .def = 0,
-     .min = 0,
-     .max = INT64_C(100000000000)},
-    {.name = "overage",
-     .type = CFG_ENUM,
-     .flags = CFG_RELOADABLE,
-     .offset = TI(overage),
-     .def = PX_OVERAGE_BILL,
-     .names = overage_names},
-    {.name = "overage_gbp_per_million",
-     .type = CFG_MONEY,
-     .flags = CFG_RELOADABLE,
-     .offset = TI(overage_pence_per_mtok),
-     .def = 500,
-     .min = 0,
-     .max = INT64_C(100000000000)},
-    {.name = "default_max_tokens",
-     .type = CFG_I64,
-     .flags = CFG_RELOADABLE,
-     .offset = TI(default_max_tokens),
-     .def = 256,
-     .min = 1,
-     .max = 100000000},
-    {.name = "priority",
-     .type = CFG_INT,
-     .flags = CFG_RELOADABLE,
-     .offset = TI(priority),
-     .def = 0,
-     .min = 0,
-     .max = 100},
+    OPT_STR("name", TI(name), 0, 1, 32, NULL, NULL),
+    OPT_NUM("rpm", CFG_I64, TI(rpm), RL, 0, 1, 1000000000),
+    OPT_NUM("tpm", CFG_I64, TI(tpm), RL, 0, 1, INT64_C(1000000000000)),
+    OPT_NUM("max_context", CFG_I64, TI(max_context), RL, 0, 1, 100000000),
+    OPT_NUM("monthly_tokens", CFG_I64, TI(monthly_tokens), RL, 0, 1, INT64_C(1000000000000000)),
+    OPT_NUM("price_gbp", CFG_MONEY, TI(price_pence), RL, 0, 0, INT64_C(100000000000)),
+    OPT_ENUM("overage", TI(overage), RL, PX_OVERAGE_BILL, overage_names),
+    OPT_NUM("overage_gbp_per_million", CFG_MONEY, TI(overage_pence_per_mtok), RL, 500, 0,
+            INT64_C(100000000000)),
+    OPT_NUM("default_max_tokens", CFG_I64, TI(default_max_tokens), RL, 256, 1, 100000000),
+    OPT_NUM("priority", CFG_INT, TI(priority), RL, 0, 0, 100),
 };
 #undef TI
 #define NTIER_OPTS (sizeof(tier_opts) / sizeof(tier_opts[0]))
@@ -1196,37 +1124,12 @@ static int h_tenant_tier(struct cfg_loader *ld, void *obj, struct fy_node *v, co
 
 #define TE(f) offsetof(struct px_tenant_cfg, f)
 static const struct cfg_opt tenant_opts[] = {
-    {.name = "id",
-     .type = CFG_STR,
-     .flags = CFG_REQUIRED,
-     .offset = TE(id),
-     .min = 1,
-     .max = PX_CONFIG_ID_MAX},
-    {.name = "tier", .type = CFG_CUSTOM, .flags = CFG_RELOADABLE, .handler = h_tenant_tier},
-    {.name = "rpm",
-     .type = CFG_I64,
-     .flags = CFG_RELOADABLE,
-     .offset = TE(rpm),
-     .min = 1,
-     .max = 1000000000},
-    {.name = "tpm",
-     .type = CFG_I64,
-     .flags = CFG_RELOADABLE,
-     .offset = TE(tpm),
-     .min = 1,
-     .max = INT64_C(1000000000000)},
-    {.name = "max_context",
-     .type = CFG_I64,
-     .flags = CFG_RELOADABLE,
-     .offset = TE(max_context),
-     .min = 1,
-     .max = 100000000},
-    {.name = "monthly_tokens",
-     .type = CFG_I64,
-     .flags = CFG_RELOADABLE,
-     .offset = TE(monthly_tokens),
-     .min = 1,
-     .max = INT64_C(1000000000000000)},
+    OPT_STR("id", TE(id), CFG_REQUIRED, 1, PX_CONFIG_ID_MAX, NULL, NULL),
+    OPT_CUSTOM("tier", RL, h_tenant_tier),
+    OPT_NUM("rpm", CFG_I64, TE(rpm), RL, 0, 1, 1000000000),
+    OPT_NUM("tpm", CFG_I64, TE(tpm), RL, 0, 1, INT64_C(1000000000000)),
+    OPT_NUM("max_context", CFG_I64, TE(max_context), RL, 0, 1, 100000000),
+    OPT_NUM("monthly_tokens", CFG_I64, TE(monthly_tokens), RL, 0, 1, INT64_C(1000000000000000)),
 };
 #undef TE
 
@@ -1265,106 +1168,44 @@ static int h_tenants(struct cfg_loader *ld, void *obj, struct fy_node *v, const 
 
 #define CF(f) offsetof(struct px_config, f)
 static const struct cfg_opt store_opts[] = {
-    {.name = "sqlite", .type = CFG_STR, .offset = CF(sqlite_path), .min = 1, .max = 4096},
+    OPT_STR("sqlite", CF(sqlite_path), 0, 1, 4096, NULL, NULL),
 };
 
 static const struct cfg_opt http_opts[] = {
-    {.name = "header_max_bytes",
-     .type = CFG_SIZE,
-     .offset = CF(header_max_bytes),
-     .def = 16384,
-     .min = 1024,
-     .max = 1048576},
-    {.name = "body_max_bytes",
-     .type = CFG_SIZE,
-     .offset = CF(body_max_bytes),
-     .def = 4194304,
-     .min = 1024,
-     .max = 268435456},
-    {.name = "header_timeout_ms",
-     .type = CFG_U64,
-     .offset = CF(header_timeout_ms),
-     .def = 10000,
-     .min = 100,
-     .max = 3600000},
-    {.name = "keepalive_timeout_ms",
-     .type = CFG_U64,
-     .offset = CF(keepalive_timeout_ms),
-     .def = 75000,
-     .min = 100,
-     .max = 3600000},
+    OPT_NUM("header_max_bytes", CFG_SIZE, CF(header_max_bytes), 0, 16384, 1024, 1048576),
+    OPT_NUM("body_max_bytes", CFG_SIZE, CF(body_max_bytes), 0, 4194304, 1024, 268435456),
+    OPT_NUM("header_timeout_ms", CFG_U64, CF(header_timeout_ms), 0, 10000, 100, 3600000),
+    OPT_NUM("keepalive_timeout_ms", CFG_U64, CF(keepalive_timeout_ms), 0, 75000, 100, 3600000),
 };
 
 static const struct cfg_opt timeout_opts[] = {
-    {.name = "connect_ms",
-     .type = CFG_U64,
-     .offset = CF(connect_timeout_ms),
-     .def = 5000,
-     .min = 1,
-     .max = 600000},
-    {.name = "first_byte_ms",
-     .type = CFG_U64,
-     .offset = CF(first_byte_timeout_ms),
-     .def = 120000,
-     .min = 1,
-     .max = 3600000},
-    {.name = "idle_ms",
-     .type = CFG_U64,
-     .offset = CF(idle_timeout_ms),
-     .def = 60000,
-     .min = 1,
-     .max = 3600000},
-    {.name = "shutdown_ms",
-     .type = CFG_U64,
-     .offset = CF(shutdown_timeout_ms),
-     .def = 30000,
-     .min = 0,
-     .max = 3600000},
+    OPT_NUM("connect_ms", CFG_U64, CF(connect_timeout_ms), 0, 5000, 1, 600000),
+    OPT_NUM("first_byte_ms", CFG_U64, CF(first_byte_timeout_ms), 0, 120000, 1, 3600000),
+    OPT_NUM("idle_ms", CFG_U64, CF(idle_timeout_ms), 0, 60000, 1, 3600000),
+    OPT_NUM("shutdown_ms", CFG_U64, CF(shutdown_timeout_ms), 0, 30000, 0, 3600000),
 };
 
 static const struct cfg_opt usage_opts[] = {
-    {.name = "flush_ms",
-     .type = CFG_U64,
-     .offset = CF(usage_flush_ms),
-     .def = 100,
-     .min = 1,
-     .max = 60000},
-    {.name = "batch_max",
-     .type = CFG_SIZE,
-     .offset = CF(usage_batch_max),
-     .def = 1000,
-     .min = 1,
-     .max = 100000},
+    OPT_NUM("flush_ms", CFG_U64, CF(usage_flush_ms), 0, 100, 1, 60000),
+    OPT_NUM("batch_max", CFG_SIZE, CF(usage_batch_max), 0, 1000, 1, 100000),
 };
 
-#define SECTION(n, t) .name = n, .type = CFG_SECTION, .sub = t, .nsub = sizeof(t) / sizeof(t[0])
 /* Order matters: rows are applied top to bottom (backends before models, tiers before
  * default_tier and tenants). */
 static const struct cfg_opt top_opts[] = {
-    {.name = "node_id", .type = CFG_STR, .offset = CF(node_id), .min = 1, .max = 64},
-    {.name = "listen",
-     .type = CFG_STR,
-     .offset = CF(listen),
-     .def_str = "127.0.0.1:8000",
-     .min = 3,
-     .max = 300,
-     .check = check_hostport},
-    {.name = "data_dir",
-     .type = CFG_STR,
-     .offset = CF(data_dir),
-     .def_str = "./data",
-     .min = 1,
-     .max = 4000},
-    {SECTION("auth", auth_opts), .flags = CFG_REQUIRED},
-    {.name = "backends", .type = CFG_CUSTOM, .flags = CFG_REQUIRED, .handler = h_backends},
-    {.name = "models", .type = CFG_CUSTOM, .flags = CFG_REQUIRED, .handler = h_models},
-    {.name = "tiers", .type = CFG_CUSTOM, .handler = h_tiers},
-    {.name = "default_tier", .type = CFG_CUSTOM, .handler = h_default_tier},
-    {.name = "tenants", .type = CFG_CUSTOM, .handler = h_tenants},
-    {SECTION("store", store_opts)},
-    {SECTION("http", http_opts)},
-    {SECTION("timeouts", timeout_opts)},
-    {SECTION("usage", usage_opts)},
+    OPT_STR("node_id", CF(node_id), 0, 1, 64, NULL, NULL),
+    OPT_STR("listen", CF(listen), 0, 3, 300, "127.0.0.1:8000", check_hostport),
+    OPT_STR("data_dir", CF(data_dir), 0, 1, 4000, "./data", NULL),
+    OPT_SECTION("auth", CFG_REQUIRED, auth_opts),
+    OPT_CUSTOM("backends", CFG_REQUIRED, h_backends),
+    OPT_CUSTOM("models", CFG_REQUIRED, h_models),
+    OPT_CUSTOM("tiers", RL, h_tiers),
+    OPT_CUSTOM("default_tier", RL, h_default_tier),
+    OPT_CUSTOM("tenants", RL, h_tenants),
+    OPT_SECTION("store", 0, store_opts),
+    OPT_SECTION("http", 0, http_opts),
+    OPT_SECTION("timeouts", 0, timeout_opts),
+    OPT_SECTION("usage", 0, usage_opts),
 };
 #undef CF
 
@@ -1457,7 +1298,8 @@ int px_config_load(const char *path, struct px_config **out, char *err, size_t e
         goto fail_diag;
     }
     fy_diag_set_collect_errors(diag, true);
-    struct fy_parse_cfg pcfg = {.flags = FYPCF_QUIET | FYPCF_JSON_NONE, .diag = diag};
+    struct fy_parse_cfg pcfg = {.flags = FYPCF_QUIET | FYPCF_JSON_NONE | FYPCF_ALLOW_DUPLICATE_KEYS,
+                                .diag = diag};
     doc = fy_document_build_from_string(&pcfg, data, len);
     if (doc == NULL) {
         void *it = NULL;
