@@ -1,13 +1,292 @@
-/* Placeholder until the usage command lands (same session). */
+/* privax usage: per-tenant usage for one calendar month (UTC) from the usage store, as a
+ * table or, with --json, an array of objects built with jansson. Reads only: when the store
+ * file does not exist yet the report is empty and no file is created. */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <jansson.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include <sysexits.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "cli/cmd.h"
+#include "config/config.h"
+#include "core/err.h"
+#include "core/util.h"
+#include "store/store.h"
+
+/* One report line: the store's aggregate plus what the config says the tenant may use. */
+struct usage_line {
+    const struct store_usage_row *row; /* borrowed from the store's result */
+    int64_t allowance;                 /* monthly tokens allowed, 0 when the tier is unknown */
+    double used_pct;                   /* total_tokens / allowance * 100, 1 decimal */
+};
+
+/* Round a non-negative value to one decimal (without libm). */
+static double round1(double x)
+{
+    return (double)(int64_t)(x * 10 + 0.5) / 10;
+}
+
+static void usage_help(FILE *out)
+{
+    fprintf(out, "usage: privax usage --config FILE [--tenant T] [--month YYYY-MM] [--json]\n"
+                 "\n"
+                 "Per-tenant usage for one calendar month (UTC; default: the current month):\n"
+                 "requests, prompt/completion/total tokens, errors, average and p95 latency,\n"
+                 "the tier's monthly allowance and the share of it used.\n"
+                 "\n"
+                 "  --config FILE    the gateway's config (for the store path and the tiers)\n"
+                 "  --tenant T       only this tenant\n"
+                 "  --month YYYY-MM  the month to report\n"
+                 "  --json           a JSON array of objects instead of a table\n");
+}
+
+/* "YYYY-MM" to [first ms of the month, first ms of the next) in UTC. Rejects anything else. */
+static int parse_month(const char *s, int64_t *since_ms, int64_t *until_ms)
+{
+    if (strlen(s) != 7 || s[4] != '-') {
+        return PX_EPARSE;
+    }
+    for (int i = 0; i < 7; i++) {
+        if (i != 4 && (s[i] < '0' || s[i] > '9')) {
+            return PX_EPARSE;
+        }
+    }
+    int year = (s[0] - '0') * 1000 + (s[1] - '0') * 100 + (s[2] - '0') * 10 + (s[3] - '0');
+    int month = (s[5] - '0') * 10 + (s[6] - '0');
+    if (year < 1970 || month < 1 || month > 12) {
+        return PX_EPARSE;
+    }
+    struct tm a = {.tm_year = year - 1900, .tm_mon = month - 1, .tm_mday = 1};
+    struct tm b = {.tm_year = year - 1900 + (month == 12), .tm_mon = month % 12, .tm_mday = 1};
+    *since_ms = (int64_t)timegm(&a) * 1000;
+    *until_ms = (int64_t)timegm(&b) * 1000;
+    return 0;
+}
+
+static void current_month(char out[8])
+{
+    time_t now = time(NULL);
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    /* strftime rather than snprintf: the compiler cannot bound tm fields for %d. */
+    if (strftime(out, 8, "%Y-%m", &tm) != 7) {
+        out[0] = '\0';
+    }
+}
+
+/* The tenant's monthly allowance: a pinned tier wins, else the tier its latest row recorded,
+ * else the default tier; a per-tenant monthly_tokens override wins over the tier's. */
+static int64_t allowance_of(const struct px_config *cfg, const struct store_usage_row *r)
+{
+    long ten = px_config_tenant(cfg, r->tenant_id, strlen(r->tenant_id));
+    long tier = -1;
+    if (ten >= 0 && cfg->tenants[ten].monthly_tokens > 0) {
+        return cfg->tenants[ten].monthly_tokens;
+    }
+    if (ten >= 0 && cfg->tenants[ten].pinned) {
+        tier = (long)cfg->tenants[ten].tier;
+    } else {
+        tier = px_config_tier(cfg, r->plan_tier, strlen(r->plan_tier));
+    }
+    if (tier < 0) {
+        tier = (long)cfg->default_tier;
+    }
+    return cfg->ntiers > 0 ? cfg->tiers[tier].monthly_tokens : 0;
+}
+
+static int print_json(const struct usage_line *lines, size_t n)
+{
+    json_t *arr = json_array();
+    for (size_t i = 0; i < n; i++) {
+        const struct store_usage_row *r = lines[i].row;
+        json_t *o = json_object();
+        json_object_set_new(o, "tenant", json_string(r->tenant_id));
+        json_object_set_new(o, "tier", json_string(r->plan_tier));
+        json_object_set_new(o, "requests", json_integer(r->requests));
+        json_object_set_new(o, "prompt_tokens", json_integer(r->prompt_tokens));
+        json_object_set_new(o, "completion_tokens", json_integer(r->completion_tokens));
+        json_object_set_new(o, "total_tokens", json_integer(r->total_tokens));
+        json_object_set_new(o, "errors", json_integer(r->errors));
+        json_object_set_new(o, "avg_latency_ms", json_real(round1(r->avg_latency_ms)));
+        json_object_set_new(o, "p95_latency_ms", json_integer((json_int_t)r->p95_latency_ms));
+        json_object_set_new(o, "allowance", json_integer(lines[i].allowance));
+        json_object_set_new(o, "used_pct", json_real(lines[i].used_pct));
+        json_object_set_new(o, "overage_tokens", json_integer(r->overage_tokens));
+        json_array_append_new(arr, o);
+    }
+    int rc = json_dumpf(arr, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    json_decref(arr);
+    if (rc != 0) {
+        return EX_IOERR;
+    }
+    printf("\n");
+    return EX_OK;
+}
+
+#define USAGE_NCOLS 11
+
+static int print_table(const struct usage_line *lines, size_t n, const char *month)
+{
+    static const char *const head[USAGE_NCOLS] = {
+        "tenant",       "tier",   "requests",       "prompt_tokens",  "completion_tokens",
+        "total_tokens", "errors", "avg_latency_ms", "p95_latency_ms", "allowance",
+        "used_pct",
+    };
+    int width[USAGE_NCOLS];
+    for (int c = 0; c < USAGE_NCOLS; c++) {
+        width[c] = (int)strlen(head[c]);
+    }
+    /* Cells are formatted twice (widths, then output) rather than stored: n is small and
+     * this keeps every buffer fixed-size. */
+    char cell[USAGE_NCOLS][160];
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass == 1) {
+            for (int c = 0; c < USAGE_NCOLS; c++) {
+                printf(c == 0 ? "%-*s" : "  %*s", width[c], head[c]);
+            }
+            printf("\n");
+        }
+        for (size_t i = 0; i < n; i++) {
+            const struct store_usage_row *r = lines[i].row;
+            snprintf(cell[0], sizeof(cell[0]), "%s", r->tenant_id);
+            snprintf(cell[1], sizeof(cell[1]), "%s", r->plan_tier);
+            snprintf(cell[2], sizeof(cell[2]), "%" PRId64, r->requests);
+            snprintf(cell[3], sizeof(cell[3]), "%" PRId64, r->prompt_tokens);
+            snprintf(cell[4], sizeof(cell[4]), "%" PRId64, r->completion_tokens);
+            snprintf(cell[5], sizeof(cell[5]), "%" PRId64, r->total_tokens);
+            snprintf(cell[6], sizeof(cell[6]), "%" PRId64, r->errors);
+            snprintf(cell[7], sizeof(cell[7]), "%.1f", r->avg_latency_ms);
+            snprintf(cell[8], sizeof(cell[8]), "%.0f", r->p95_latency_ms);
+            snprintf(cell[9], sizeof(cell[9]), "%" PRId64, lines[i].allowance);
+            snprintf(cell[10], sizeof(cell[10]), "%.1f%%", lines[i].used_pct);
+            for (int c = 0; c < USAGE_NCOLS; c++) {
+                if (pass == 0) {
+                    int w = (int)strlen(cell[c]);
+                    width[c] = w > width[c] ? w : width[c];
+                } else {
+                    printf(c == 0 ? "%-*s" : "  %*s", width[c], cell[c]);
+                }
+            }
+            if (pass == 1) {
+                printf("\n");
+            }
+        }
+    }
+    if (n == 0) {
+        printf("(no usage in %s)\n", month);
+    }
+    return EX_OK;
+}
 
 int cli_cmd_usage(int argc, char **argv)
 {
-    (void)argc;
-    (void)argv;
-    fprintf(stderr, "privax usage: not built yet\n");
-    return EX_SOFTWARE;
+    static const struct option longopts[] = {
+        {"config", required_argument, NULL, 'c'}, {"tenant", required_argument, NULL, 't'},
+        {"month", required_argument, NULL, 'm'},  {"json", no_argument, NULL, 'j'},
+        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
+    };
+    const char *config_path = NULL;
+    const char *tenant = NULL;
+    const char *month_arg = NULL;
+    char month[8];
+    int json = 0;
+    int opt;
+    char err[1024];
+    struct px_config *cfg = NULL;
+    struct store *st = NULL;
+    struct store_usage_row *rows = NULL;
+    struct usage_line *lines = NULL;
+    size_t nrows = 0;
+    int64_t since_ms;
+    int64_t until_ms;
+    int rc;
+
+    optind = 1;
+    while ((opt = getopt_long(argc, argv, "c:t:m:jh", longopts, NULL)) != -1) {
+        switch (opt) {
+        case 'c':
+            config_path = optarg;
+            break;
+        case 't':
+            tenant = optarg;
+            break;
+        case 'm':
+            month_arg = optarg;
+            break;
+        case 'j':
+            json = 1;
+            break;
+        case 'h':
+            usage_help(stdout);
+            return EX_OK;
+        default:
+            usage_help(stderr);
+            return EX_USAGE;
+        }
+    }
+    if (optind != argc || config_path == NULL) {
+        fprintf(stderr, "privax usage: %s\n",
+                config_path ? "unexpected argument" : "--config FILE is required");
+        usage_help(stderr);
+        return EX_USAGE;
+    }
+    if (month_arg == NULL) {
+        current_month(month);
+    } else if (strlen(month_arg) < sizeof(month)) {
+        memcpy(month, month_arg, strlen(month_arg) + 1);
+    } else {
+        month[0] = '\0';
+    }
+    if (parse_month(month, &since_ms, &until_ms) < 0) {
+        fprintf(stderr, "privax usage: --month must be YYYY-MM (e.g. 2025-03), got '%s'\n",
+                month_arg);
+        return EX_USAGE;
+    }
+
+    if (px_config_load(config_path, &cfg, err, sizeof(err)) < 0) {
+        fprintf(stderr, "%s\n", err);
+        rc = EX_CONFIG;
+        goto out;
+    }
+    /* A store that was never written to has no usage; do not create it just to say so. */
+    if (access(cfg->sqlite_path, F_OK) == 0) {
+        const struct store_ops *ops = store_ops_for(cfg);
+        if (ops->open(&st, cfg, err, sizeof(err)) < 0) {
+            fprintf(stderr, "privax usage: %s\n", err);
+            rc = EX_UNAVAILABLE;
+            goto out;
+        }
+        struct store_usage_query q = {
+            .tenant_id = tenant, .since_ms = since_ms, .until_ms = until_ms};
+        if (store_usage(st, &q, &rows, &nrows) < 0) {
+            fprintf(stderr, "privax usage: %s: %s\n", cfg->sqlite_path, store_errmsg(st));
+            rc = EX_UNAVAILABLE;
+            goto out;
+        }
+    }
+    lines = calloc(nrows ? nrows : 1, sizeof(*lines));
+    if (lines == NULL) {
+        rc = EX_OSERR;
+        goto out;
+    }
+    for (size_t i = 0; i < nrows; i++) {
+        lines[i].row = &rows[i];
+        lines[i].allowance = allowance_of(cfg, &rows[i]);
+        lines[i].used_pct =
+            lines[i].allowance > 0
+                ? round1((double)rows[i].total_tokens * 100.0 / (double)lines[i].allowance)
+                : 0;
+    }
+    rc = json ? print_json(lines, nrows) : print_table(lines, nrows, month);
+out:
+    free(lines);
+    free(rows);
+    store_close(st);
+    px_config_free(cfg);
+    return rc;
 }
