@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Install the Debian packages privax builds and tests with, but only those that are missing.
+# Safe to run again and again: when everything is present it touches nothing (no apt-get update).
+# Works as root on a fresh Debian 12; as another user it uses sudo if there is one.
+set -euo pipefail
+
+PKGS=(
+  # build
+  cmake ninja-build pkg-config clang libclang-rt-14-dev
+  libuv1-dev libcurl4-openssl-dev libjansson-dev libhttp-parser-dev libcyaml-dev libfyaml-dev
+  libsqlite3-dev libssl-dev libhiredis-dev libcmocka-dev
+  # test and run
+  sqlite3 valgrind curl netcat-openbsd nodejs npm
+  clickhouse-server clickhouse-client nginx redis-server
+  # load tools
+  wrk nghttp2-client hyperfine
+)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  case "$p" in
+    nodejs|npm)
+      # Node may come from NodeSource (its nodejs bundles npm, and Debian's npm package would
+      # conflict with it): a working binary is enough.
+      bin=$p; [ "$p" = nodejs ] && bin=node
+      if command -v "$bin" >/dev/null 2>&1; then continue; fi
+      ;;
+  esac
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$'; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "deps: all ${#PKGS[@]} packages present"
+  exit 0
+fi
+
+SUDO=
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then SUDO=sudo; else
+    echo "deps: missing ${missing[*]} and not root (no sudo): install them as root" >&2
+    exit 1
+  fi
+fi
+
+echo "deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -q
+$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
