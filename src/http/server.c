@@ -24,6 +24,7 @@
 #include <errno.h>
 #include <jansson.h>
 #include <netdb.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -765,6 +766,8 @@ int http_server_start(struct http_server **out, uv_loop_t *loop, const char *add
     if (rc != 0) {
         return rc;
     }
+    /* A peer that resets mid-write must cost an EPIPE, not the process: every server does this. */
+    signal(SIGPIPE, SIG_IGN);
     /* Bind with plain syscalls first so a failure leaves no libuv handle behind. */
     int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd == -1) {

@@ -1,6 +1,0 @@
-/* Placeholder translation unit so the library target exists while its sources are written. */
-int px_sim_placeholder_unit(void);
-int px_sim_placeholder_unit(void)
-{
-    return 0;
-}
