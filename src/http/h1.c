@@ -175,6 +175,40 @@ static int on_header_value(http_parser *hp, const char *at, size_t len)
     return 0;
 }
 
+/* RFC 9110 tchar: the bytes a field name may hold. http_parser as Debian builds it
+ * (non-strict) lets spaces into names, which is how "Transfer-Encoding : chunked" style
+ * smuggling gets past one hop and not the next; RFC 9112 5.1 says reject with 400. */
+static int is_tchar(unsigned char c)
+{
+    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) {
+        return 1;
+    }
+    return c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+}
+
+/* Names must be non-empty tchar runs; values must hold no control bytes but HTAB. */
+static int headers_valid(const struct h1_parser *p)
+{
+    for (size_t i = 0; i < p->nheaders; i++) {
+        const struct http_header *h = &p->headers[i];
+        if (h->name_len == 0) {
+            return 0;
+        }
+        for (size_t k = 0; k < h->name_len; k++) {
+            if (!is_tchar((unsigned char)h->name[k])) {
+                return 0;
+            }
+        }
+        for (size_t k = 0; k < h->value_len; k++) {
+            unsigned char c = (unsigned char)h->value[k];
+            if ((c < 0x20 && c != '\t') || c == 0x7f) {
+                return 0;
+            }
+        }
+    }
+    return 1;
+}
+
 static const struct http_header *find_header(const struct h1_parser *p, const char *name)
 {
     for (size_t i = 0; i < p->nheaders; i++) {
@@ -186,8 +220,9 @@ static const struct http_header *find_header(const struct h1_parser *p, const ch
     return NULL;
 }
 
-/* Rejects: CONNECT (400), a declared Content-Length over the cap (413), an Expect other
- * than 100-continue (417), and a head over the cap once the request line is counted (431). */
+/* Rejects: CONNECT and invalid header bytes (400), a declared Content-Length over the cap (413), an
+ * Expect other than 100-continue (417), and a head over the cap once the request line is counted
+ * (431). */
 static int on_headers_complete(http_parser *hp)
 {
     struct h1_parser *p = hp->data;
@@ -208,7 +243,7 @@ static int on_headers_complete(http_parser *hp)
     p->headers_done = 1;
     /* Answer Upgrade requests as plain HTTP/1.1 and keep parsing their body (see top). */
     hp->upgrade = 0;
-    if (hp->method == HTTP_CONNECT) {
+    if (hp->method == HTTP_CONNECT || !headers_valid(p)) {
         p->status = 400;
         return -1;
     }
