@@ -16,12 +16,14 @@
 #include "core/log.h"
 #include "core/util.h"
 #include "gateway/gateway.h"
+#include "limits/limits.h"
 #include "store/store.h"
 #include "usage/writer.h"
 
 struct serve {
     uv_loop_t loop;
     struct gateway *gw;
+    struct limiter *lim;
     const struct px_config *cfg;
     uv_signal_t sigterm;
     uv_signal_t sigint;
@@ -37,6 +39,9 @@ static void serve_close_handles(struct serve *s)
     uv_close((uv_handle_t *)&s->drain_timer, NULL);
     gateway_free(s->gw);
     s->gw = NULL;
+    /* The Redis connection is an active handle: close it so the loop can end. */
+    lim_free(s->lim);
+    s->lim = NULL;
 }
 
 static void on_drain_tick(uv_timer_t *t)
@@ -154,17 +159,22 @@ int cli_cmd_serve(int argc, char **argv)
         rc = EX_CANTCREAT;
         goto fail_store;
     }
+    struct serve s = {0};
+    s.cfg = cfg;
+    uv_loop_init(&s.loop);
+    /* The limiter reads month-to-date usage from the store before the writer starts. */
+    if (lim_new(&s.lim, &s.loop, cfg, st) != 0) {
+        fprintf(stderr, "privax serve: cannot set up limits (see the log above)\n");
+        rc = EX_UNAVAILABLE;
+        goto fail_limits;
+    }
     struct usage_writer *w = NULL;
     if (usage_writer_start(&w, st, cfg->usage_flush_ms, cfg->usage_batch_max) != 0) {
         fprintf(stderr, "privax serve: cannot start the usage writer\n");
         rc = EX_OSERR;
         goto fail_writer;
     }
-
-    struct serve s = {0};
-    s.cfg = cfg;
-    uv_loop_init(&s.loop);
-    if (gateway_start(&s.gw, &s.loop, cfg, w) != 0) {
+    if (gateway_start(&s.gw, &s.loop, cfg, w, s.lim) != 0) {
         rc = EX_UNAVAILABLE;
         goto fail_gateway;
     }
@@ -172,7 +182,6 @@ int cli_cmd_serve(int argc, char **argv)
     if (port_file && write_port_file(port_file, port) != 0) {
         fprintf(stderr, "privax serve: cannot write port file %s\n", port_file);
         gateway_free(s.gw);
-        uv_run(&s.loop, UV_RUN_DEFAULT);
         rc = EX_CANTCREAT;
         goto fail_gateway;
     }
@@ -183,18 +192,23 @@ int cli_cmd_serve(int argc, char **argv)
     uv_signal_start(&s.sigint, on_signal, SIGINT);
     uv_timer_init(&s.loop, &s.drain_timer);
     s.drain_timer.data = &s;
-    px_log(PX_LOG_INFO, "event=listening node_id=%s port=%d backends=%zu models=%zu store=%s",
-           cfg->node_id, port, cfg->nbackends, cfg->nmodels, cfg->sqlite_path);
+    px_log(PX_LOG_INFO,
+           "event=listening node_id=%s port=%d backends=%zu models=%zu store=%s limits=%s",
+           cfg->node_id, port, cfg->nbackends, cfg->nmodels, cfg->sqlite_path,
+           cfg->redis_url ? "redis" : "local");
 
     uv_run(&s.loop, UV_RUN_DEFAULT);
 
 fail_gateway:
-    uv_loop_close(&s.loop);
     /* Every row the gateway metered is written before we exit. */
     if (usage_writer_stop(w, cfg->shutdown_timeout_ms) != 0) {
         rc = rc == EX_OK ? EX_IOERR : rc;
     }
 fail_writer:
+    lim_free(s.lim);
+    uv_run(&s.loop, UV_RUN_DEFAULT); /* let libuv release the limiter's handles */
+fail_limits:
+    uv_loop_close(&s.loop);
     store_close(st);
 fail_store:
     curl_global_cleanup();

@@ -1190,6 +1190,24 @@ static const struct cfg_opt usage_opts[] = {
     OPT_NUM("batch_max", CFG_SIZE, CF(usage_batch_max), 0, 1000, 1, 100000),
 };
 
+static const char *const redis_error_names[] = {"open", "closed", NULL};
+static const struct cfg_opt limits_opts[] = {
+    OPT_STR("redis", CF(redis_url), 0, 9, 1024, NULL, NULL),
+    OPT_ENUM("on_redis_error", CF(on_redis_error), 0, 0, redis_error_names),
+    OPT_NUM("nodes", CFG_I64, CF(limits_nodes), 0, 1, 1, 1000),
+    OPT_NUM("redis_timeout_ms", CFG_U64, CF(redis_timeout_ms), 0, 50, 1, 60000),
+    OPT_STR("key_prefix", CF(redis_prefix), 0, 1, 60, "privax", NULL),
+};
+
+static const struct cfg_opt queue_opts[] = {
+    OPT_NUM("max_length", CFG_SIZE, CF(queue_max), 0, 1024, 0, 1000000),
+    OPT_NUM("timeout_ms", CFG_U64, CF(queue_timeout_ms), 0, 30000, 1, 3600000),
+};
+
+static const struct cfg_opt log_opts[] = {
+    OPT_NUM("access", CFG_BOOL, CF(access_log), 0, 1, 0, 1),
+};
+
 /* Order matters: rows are applied top to bottom (backends before models, tiers before
  * default_tier and tenants). */
 static const struct cfg_opt top_opts[] = {
@@ -1206,6 +1224,9 @@ static const struct cfg_opt top_opts[] = {
     OPT_SECTION("http", 0, http_opts),
     OPT_SECTION("timeouts", 0, timeout_opts),
     OPT_SECTION("usage", 0, usage_opts),
+    OPT_SECTION("limits", 0, limits_opts),
+    OPT_SECTION("queue", 0, queue_opts),
+    OPT_SECTION("log", 0, log_opts),
 };
 #undef CF
 

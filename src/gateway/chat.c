@@ -47,6 +47,11 @@ struct gw_chat {
     int64_t ttft_ms;            /* arrival to first byte to the client, -1 if none */
     int started;                /* the streamed response has started */
     int client_gone;            /* the client hung up */
+    struct lim_plan plan;       /* the tenant's limits */
+    struct lim_decision dec;    /* the admission decision */
+    int has_dec;                /* dec is set */
+    struct lim_pending *pending; /* admission waiting for Redis */
+    int64_t reserved;           /* tokens reserved at admission, settled in chat_done */
     int status;                 /* HTTP status for the usage row */
     const char *error_code;     /* "" on success */
     struct gw_chat *qprev, *qnext; /* wait queue links */
@@ -62,16 +67,53 @@ static void chat_done(struct gw_chat *c);
 void gw_send_error(struct http_req *req, const char *request_id, const struct gw_error *err)
 {
     http_resp_header(req, "X-Request-ID", request_id);
-    if (err->status == 503 || err->status == 429) {
-        http_resp_header(req, "Retry-After", "1");
+    if (err->retry_after_s > 0) {
+        char v[24];
+        snprintf(v, sizeof(v), "%d", err->retry_after_s);
+        http_resp_header(req, "Retry-After", v);
     }
     http_resp_error(req, err->status, err->type, err->code, err->message);
 }
 
-/* Headers every answer to an identified request carries. */
+static void header_i64(struct http_req *req, const char *name, int64_t v)
+{
+    char s[24];
+    snprintf(s, sizeof(s), "%lld", (long long)v);
+    http_resp_header(req, name, s);
+}
+
+/* Headers every answer to an identified request carries: the request id, the tenant's limit
+ * state (the decision's, or a look at the current state for requests refused before
+ * admission), and the monthly allowance warning. */
 static void chat_headers(struct gw_chat *c)
 {
     http_resp_header(c->req, "X-Request-ID", c->id.request_id);
+    if (!c->identified || !c->id.tenant_id[0]) {
+        return;
+    }
+    struct lim_decision peek;
+    const struct lim_decision *d = &c->dec;
+    if (!c->has_dec) {
+        lim_plan_for(c->gw->cfg, c->id.tenant_id, c->id.tier, &c->plan);
+        lim_peek(c->gw->lim, c->id.tenant_id, &c->plan, &peek);
+        d = &peek;
+    }
+    header_i64(c->req, "X-RateLimit-Limit", d->rpm_limit);
+    header_i64(c->req, "X-RateLimit-Remaining", d->rpm_remaining);
+    header_i64(c->req, "X-RateLimit-Reset", (d->rpm_reset_ms + 999) / 1000);
+    header_i64(c->req, "X-RateLimit-Limit-Tokens", d->tpm_limit);
+    header_i64(c->req, "X-RateLimit-Remaining-Tokens", d->tpm_remaining);
+    header_i64(c->req, "X-RateLimit-Reset-Tokens", (d->tpm_reset_ms + 999) / 1000);
+    header_i64(c->req, "X-Monthly-Tokens-Used", d->month_used);
+    header_i64(c->req, "X-Monthly-Tokens-Limit", d->month_allowance);
+    if (d->warn) {
+        char w[200];
+        snprintf(w, sizeof(w), "%s: %lld of %lld monthly tokens used (%lld%%)",
+                 d->overage ? "monthly allowance exceeded" : "80% of the monthly allowance used",
+                 (long long)d->month_used, (long long)d->month_allowance,
+                 (long long)(d->month_allowance ? d->month_used * 100 / d->month_allowance : 0));
+        http_resp_header(c->req, "X-Quota-Warning", w);
+    }
 }
 
 static void chat_reject(struct gw_chat *c, const struct gw_error *err)
@@ -85,7 +127,11 @@ static void chat_reject(struct gw_chat *c, const struct gw_error *err)
         buf_reset(&c->out);
         http_resp_end(c->req);
     } else {
-        gw_send_error(c->req, c->id.request_id, err);
+        chat_headers(c);
+        if (err->retry_after_s > 0) {
+            header_i64(c->req, "Retry-After", err->retry_after_s);
+        }
+        http_resp_error(c->req, err->status, err->type, err->code, err->message);
     }
     c->req = NULL;
     chat_done(c);
@@ -398,6 +444,10 @@ static void chat_on_abort(struct http_req *req)
         upstream_req_cancel(c->up); /* closes the backend connection now */
         c->up = NULL;
     }
+    if (c->pending) {
+        lim_admit_cancel(c->pending);
+        c->pending = NULL;
+    }
     queue_remove(c->gw, c);
     /* We may be deep inside a write or a curl callback: finish on the next loop turn. */
     c->reap_next = c->gw->reap_head;
@@ -445,6 +495,13 @@ static void chat_done(struct gw_chat *c)
     if (c->backend >= 0) {
         gw->backends[c->backend].inflight--;
     }
+    if (c->reserved > 0) {
+        if (c->backend >= 0 && !c->relay.usage.present && c->relay.usage.total_tokens == 0) {
+            provider__estimate(&c->relay, c->body.prompt_estimate, c->relay.content_chunks);
+        }
+        lim_settle(gw->lim, c->id.tenant_id, &c->plan, c->reserved,
+                   c->backend >= 0 ? c->relay.usage.total_tokens : 0);
+    }
     if (c->identified) {
         struct usage_event *ev = px_calloc(1, sizeof(*ev));
         uint64_t now = px_mono_ms();
@@ -484,6 +541,7 @@ static void chat_done(struct gw_chat *c)
         ev->status_code = c->status;
         ev->success = c->status == 200 && c->error_code[0] == '\0';
         ev->input_chars = c->body.input_chars;
+        ev->overage = c->has_dec && c->dec.overage;
         gw_meter(gw, ev);
     }
     gw_chat_req_cleanup(&c->body);
@@ -495,6 +553,83 @@ static void chat_done(struct gw_chat *c)
     free(c);
     gw->inflight--;
     gw_queue_pump(gw);
+}
+
+/* ---- admit ---- */
+
+static void chat_on_admit(void *ud, const struct lim_decision *d)
+{
+    struct gw_chat *c = ud;
+    struct gw_error e;
+    c->pending = NULL;
+    c->dec = *d;
+    c->has_dec = 1;
+    const struct lim_plan *p = &c->plan;
+    switch (d->verdict) {
+    case LIM_ALLOW:
+        c->reserved = c->body.prompt_estimate +
+                      (c->body.max_tokens ? c->body.max_tokens : p->default_max_tokens);
+        chat_route(c);
+        return;
+    case LIM_RPM:
+        gw_error_set(&e, 429, "rate_limit_error", "rate_limit_exceeded",
+                     "tenant %s is over the %s plan's %lld requests per minute; retry in %lld s",
+                     c->id.tenant_id, p->tier, (long long)d->rpm_limit,
+                     (long long)(d->retry_after_ms + 999) / 1000);
+        break;
+    case LIM_TPM:
+        gw_error_set(&e, 429, "rate_limit_error", "tokens_per_minute_exceeded",
+                     "tenant %s: this request reserves %lld tokens and %lld of the %s plan's "
+                     "%lld tokens per minute remain; retry in %lld s",
+                     c->id.tenant_id,
+                     (long long)(c->body.prompt_estimate +
+                                 (c->body.max_tokens ? c->body.max_tokens
+                                                     : p->default_max_tokens)),
+                     (long long)d->tpm_remaining, p->tier, (long long)d->tpm_limit,
+                     (long long)(d->retry_after_ms + 999) / 1000);
+        break;
+    case LIM_MONTHLY:
+        gw_error_set(&e, 429, "rate_limit_error", "monthly_quota_exceeded",
+                     "tenant %s has used %lld of the %s plan's %lld monthly tokens, and the "
+                     "plan blocks at its allowance",
+                     c->id.tenant_id, (long long)d->month_used, p->tier,
+                     (long long)d->month_allowance);
+        break;
+    default:
+        gw_error_set(&e, 503, "server_error", "limits_unavailable",
+                     "the shared rate-limit store is unreachable and on_redis_error is closed");
+        break;
+    }
+    e.retry_after_s = (int)((d->retry_after_ms + 999) / 1000);
+    if (e.retry_after_s < 1) {
+        e.retry_after_s = 1;
+    }
+    chat_reject(c, &e);
+}
+
+/* Max context first (no state needed), then the limiter: requests/minute, tokens/minute and
+ * the monthly allowance, checked and reserved together. */
+static void chat_admit(struct gw_chat *c)
+{
+    lim_plan_for(c->gw->cfg, c->id.tenant_id, c->id.tier, &c->plan);
+    int64_t completion = c->body.max_tokens ? c->body.max_tokens : c->plan.default_max_tokens;
+    int64_t need = c->body.prompt_estimate + completion;
+    if (need > c->plan.max_context) {
+        struct gw_error e;
+        gw_error_set(&e, 400, "invalid_request_error", "context_length_exceeded",
+                     "this request needs about %lld tokens (prompt ~%lld + max_tokens %lld), "
+                     "over the %s plan's max context of %lld tokens",
+                     (long long)need, (long long)c->body.prompt_estimate, (long long)completion,
+                     c->plan.tier, (long long)c->plan.max_context);
+        chat_reject(c, &e);
+        return;
+    }
+    /* Local decisions call back before lim_admit returns (and may have finished c), so the
+     * handle is stored only when the answer is still to come. */
+    struct lim_pending *p = lim_admit(c->gw->lim, c->id.tenant_id, &c->plan, need, chat_on_admit, c);
+    if (p) {
+        c->pending = p;
+    }
 }
 
 /* ---- entry ---- */
@@ -526,8 +661,7 @@ void gw_chat_handle(struct gateway *gw, struct http_req *req)
         return;
     }
     c->parsed = 1;
-    /* Admission against plan limits comes here (issue 3). */
     req->on_abort = chat_on_abort;
     req->on_drain = chat_on_drain;
-    chat_route(c);
+    chat_admit(c);
 }

@@ -13,9 +13,6 @@
 #include "core/util.h"
 #include "gateway/internal.h"
 
-#define GW_QUEUE_MAX 1024          /* requests allowed to wait for a backend slot */
-#define GW_QUEUE_TIMEOUT_MS 30000  /* longest wait for a slot before 503 */
-
 static void send_json(struct http_req *req, int status, const char *request_id, json_t *j)
 {
     char *s = json_dumps(j, JSON_COMPACT);
@@ -41,7 +38,8 @@ static void handle_health(struct gateway *gw, struct http_req *req)
     }
     uint64_t oldest = gw_queue_oldest_ms(gw);
     json_t *j = json_pack(
-        "{s:s,s:s,s:I,s:I,s:{s:I,s:I},s:o,s:{s:I,s:I}}", "status", "ok", "node_id",
+        "{s:s,s:s,s:s,s:I,s:I,s:{s:I,s:I},s:o,s:{s:I,s:I}}", "status", "ok", "limits",
+        lim_mode(gw->lim), "node_id",
         gw->cfg->node_id, "uptime_s", (json_int_t)((px_mono_ms() - gw->started_ms) / 1000),
         "inflight", (json_int_t)gw->inflight, "queue", "length", (json_int_t)gw->queue_len,
         "oldest_wait_ms", (json_int_t)oldest, "backends", backends, "usage", "backlog",
@@ -114,14 +112,15 @@ static void on_request(struct http_req *req, void *ud)
 }
 
 int gateway_start(struct gateway **out, uv_loop_t *loop, const struct px_config *cfg,
-                  struct usage_writer *usage)
+                  struct usage_writer *usage, struct limiter *lim)
 {
     struct gateway *gw = px_calloc(1, sizeof(*gw));
     gw->loop = loop;
     gw->cfg = cfg;
     gw->usage = usage;
-    gw->queue_max = GW_QUEUE_MAX;
-    gw->queue_timeout_ms = GW_QUEUE_TIMEOUT_MS;
+    gw->lim = lim;
+    gw->queue_max = cfg->queue_max;
+    gw->queue_timeout_ms = cfg->queue_timeout_ms;
     gw->started_ms = px_mono_ms();
     gw->backends = px_calloc(cfg->nbackends, sizeof(*gw->backends));
     for (size_t i = 0; i < cfg->nbackends; i++) {

@@ -8,14 +8,15 @@
 #include <uv.h>
 
 #include "config/config.h"
+#include "limits/limits.h"
 #include "usage/writer.h"
 
 struct gateway;
 
-/* Listen on cfg->listen and serve. cfg and usage are borrowed and must outlive the gateway.
- * 0 and *out, or a negative error with a message logged. Loop thread only. */
+/* Listen on cfg->listen and serve. cfg, usage and lim are borrowed and must outlive the
+ * gateway. 0 and *out, or a negative error with a message logged. Loop thread only. */
 int gateway_start(struct gateway **out, uv_loop_t *loop, const struct px_config *cfg,
-                  struct usage_writer *usage);
+                  struct usage_writer *usage, struct limiter *lim);
 
 /* The port actually bound. */
 int gateway_port(const struct gateway *gw);

@@ -17,6 +17,7 @@ void gw_error_set(struct gw_error *err, int status, const char *type, const char
                   const char *fmt, ...)
 {
     err->status = status;
+    err->retry_after_s = status == 503 ? 1 : 0;
     err->type = type;
     err->code = code;
     va_list ap;

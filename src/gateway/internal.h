@@ -11,6 +11,7 @@
 #include "gateway/gateway.h"
 #include "http/server.h"
 #include "http/sse.h"
+#include "limits/limits.h"
 #include "proxy/provider.h"
 #include "proxy/upstream.h"
 #include "usage/event.h"
@@ -21,6 +22,7 @@ struct gw_error {
     const char *type;         /* invalid_request_error | authentication_error | ... */
     const char *code;         /* machine-readable code, e.g. missing_header */
     char message[320];        /* human-readable, says which field and why */
+    int retry_after_s;        /* Retry-After seconds, 0 for none (503 defaults to 1) */
 };
 
 /* Who is asking, from the headers (never from the body). Views are copied, so this outlives
@@ -58,6 +60,7 @@ struct gateway {
     uv_loop_t *loop;
     const struct px_config *cfg;
     struct usage_writer *usage;
+    struct limiter *lim;
     struct http_server *http;
     struct upstream_client *up;
     struct gw_backend *backends; /* cfg->nbackends entries */
@@ -90,7 +93,7 @@ void gw_chat_req_cleanup(struct gw_chat_req *r);
 void gw_error_set(struct gw_error *err, int status, const char *type, const char *code,
                   const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 
-/* Send err as the response (with X-Request-ID, and Retry-After for 503) and end the request. */
+/* Send err as the response (with X-Request-ID and Retry-After) and end the request. */
 void gw_send_error(struct http_req *req, const char *request_id, const struct gw_error *err);
 
 /* chat.c: POST /v1/chat/completions. */
