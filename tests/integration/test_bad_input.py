@@ -131,7 +131,7 @@ class BadInputTest(SharedStackTestCase):
                                      INVALID_REQUEST)
 
     def test_model_missing(self):
-        for model in ("<missing>", None, 7, "", ["x"]):
+        for model in ("<missing>", None, 7, ["x"], {}):
             with self.subTest(model=model):
                 b = chat_body()
                 if model == "<missing>":
@@ -142,6 +142,12 @@ class BadInputTest(SharedStackTestCase):
 
     def test_model_unknown(self):
         self.assertErrorJSON(self.post(chat_body(model="gpt-17-turbo")), 404, "model_not_found")
+
+    def test_model_empty_string(self):
+        """"" is either a missing model (400 invalid_value) or an unknown one (404): both are fine."""
+        r = self.post(chat_body(model=""))
+        self.assertIn(r.status, (400, 404), r)
+        self.assertErrorJSON(r, r.status, "invalid_value" if r.status == 400 else "model_not_found")
 
     def test_stream_not_bool(self):
         for v in ("true", 1, 0, "yes", {}, []):

@@ -71,7 +71,7 @@ class CliTest(TestCase):
 
     def check(self, text, name="c.yaml"):
         p = self.h.write_config(text, name)
-        return p, self.h.privax(["config", "check", p])
+        return p, self.h.privax(["config", "check", p], env={"PX_SOME_TOKEN": "set"})
 
     def test_version(self):
         p = self.h.privax(["version"])
@@ -160,7 +160,8 @@ class CliTest(TestCase):
     def test_serve_refuses_bad_config(self):
         text, line = replace_line(self.good(), "    protocol: ollama", "    protocol: grpc")
         path = self.h.write_config(text, "bad-serve.yaml")
-        p = self.h.privax(["serve", "--config", path, "--port-file", self.h.path("p")], timeout=30)
+        p = self.h.privax(["serve", "--config", path, "--port-file", self.h.path("p")], timeout=30,
+                          env={"PX_SOME_TOKEN": "x"})
         self.assertEqual(p.returncode, EX_CONFIG, p.stderr)
         self.assertIn(("%s:%d:" % (path, line)).encode(), p.stderr)
 

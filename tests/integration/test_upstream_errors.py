@@ -118,27 +118,29 @@ class SimBusyTest(TestCase):
     def test_sim_queue_full_is_503(self):
         sim = self.h.start_sim(tps=20, args=["--parallel", "1", "--max-queue", "1"])
         gw = self.h.start_gateway(self.h.sim_config(sim))
-        body = json.dumps(chat_body(model=OPENAI_MODEL, prompt="hold the slot", stream=True,
-                                    max_tokens=200)).encode()
-        req = ("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
-               "X-Tenant-ID: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
-               % (TOKEN, TENANT, len(body))).encode() + body
-        holders = []
-        try:
-            for _ in range(2):  # one running, one queued
-                s = socket.create_connection(("127.0.0.1", gw.port), timeout=T(30))
-                s.sendall(req)
-                holders.append(s)
-            wait_for(lambda: sim.stats().get("requests", 0) >= 2, T(15),
-                     "the sim to hold one running and one queued request")
-            for model in MODELS:
-                with self.subTest(model=model):
+        for model in MODELS:
+            with self.subTest(model=model):
+                body = json.dumps(chat_body(model=model, prompt="hold the slot", stream=True,
+                                            max_tokens=200)).encode()
+                req = ("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+                       "X-Tenant-ID: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+                       % (TOKEN, TENANT, len(body))).encode() + body
+                holders = []
+                try:
+                    before = sim.stats().get("requests", 0)
+                    for _ in range(2):  # one running, one queued (the sim counts per model)
+                        s = socket.create_connection(("127.0.0.1", gw.port), timeout=T(30))
+                        s.sendall(req)
+                        holders.append(s)
+                    wait_for(lambda: sim.stats().get("requests", 0) >= before + 2, T(15),
+                             "the sim to hold one running and one queued request")
                     r = gw.chat(model=model, prompt="no room")
                     self.assertErrorJSON(r, 503)
                     self.assertRegex(r.header("Retry-After") or "", r"^\d+$", r)
-        finally:
-            for s in holders:
-                s.close()
+                finally:
+                    for s in holders:
+                        s.close()
+                wait_for(lambda: sim.stats().get("active", 1) == 0, T(15), "the sim to drain")
         self.assertEqual(gw.get("/health").status, 200)
 
 
