@@ -31,8 +31,18 @@ for p in "${PKGS[@]}"; do
   fi
 done
 
+node_check() {
+  # The OpenAI Node client (openai@^6) supports Node 20+; Debian 12's own nodejs is 18.
+  local major
+  major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+  if [ "$major" -lt 20 ]; then
+    echo "deps: warning: node $(node --version 2>/dev/null) is older than 20, which openai@^6 needs" >&2
+  fi
+}
+
 if [ ${#missing[@]} -eq 0 ]; then
   echo "deps: all ${#PKGS[@]} packages present"
+  node_check
   exit 0
 fi
 
@@ -48,3 +58,4 @@ echo "deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -q
 $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
+node_check
