@@ -1255,6 +1255,28 @@ static int read_file(struct cfg_loader *ld, char **out, size_t *outlen)
     return 0;
 }
 
+/* A config is UTF-8 text without NUL bytes; checked line by line before libfyaml sees it,
+ * both for a precise message and because libfyaml 0.7.12 loops forever on some invalid
+ * UTF-8 (a '%' directive followed by 0xff: tests/data/config/bad_fuzz_directive_utf8.yaml). */
+static int check_text(struct cfg_loader *ld, const char *data, size_t len)
+{
+    int line = 1;
+    size_t start = 0;
+    while (start < len) {
+        const char *nl = memchr(data + start, '\n', len - start);
+        size_t end = nl ? (size_t)(nl - data) : len;
+        if (memchr(data + start, '\0', end - start) != NULL) {
+            return cfg_fail(ld, line, NULL, "NUL byte in the file (a config is text)");
+        }
+        if (!px_utf8_valid(data + start, end - start)) {
+            return cfg_fail(ld, line, NULL, "invalid UTF-8");
+        }
+        start = end + 1;
+        line++;
+    }
+    return 0;
+}
+
 /* Fill the values that depend on other keys, once every row is applied. */
 static int finish(struct cfg_loader *ld, struct px_config *cfg)
 {
@@ -1308,6 +1330,9 @@ int px_config_load(const char *path, struct px_config **out, char *err, size_t e
         goto fail_read;
     }
 
+    if ((rc = check_text(&ld, data, len)) < 0) {
+        goto fail_diag;
+    }
     /* Collect libfyaml's diagnostics instead of letting it print, so a syntax error is
      * reported once, in our format, with its line. */
     fy_diag_cfg_default(&dcfg);
@@ -1365,38 +1390,41 @@ fail_read:
     return rc;
 }
 
+/* Free every CFG_STR field a table fills (sections included), so a row added to a table
+ * can never be forgotten here. */
+static void free_strs(const struct cfg_opt *tab, size_t n, void *obj)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (tab[i].type == CFG_SECTION) {
+            free_strs(tab[i].sub, tab[i].nsub, obj);
+        } else if (tab[i].type == CFG_STR) {
+            store_str(obj, &tab[i], NULL);
+        }
+    }
+}
+
+#define FREE_ITEMS(arr, n, tab)                                                                    \
+    do {                                                                                           \
+        for (size_t i_ = 0; i_ < (n); i_++) {                                                      \
+            free_strs(tab, sizeof(tab) / sizeof(tab[0]), &(arr)[i_]);                              \
+        }                                                                                          \
+        free(arr);                                                                                 \
+    } while (0)
+
 void px_config_free(struct px_config *cfg)
 {
     if (cfg == NULL) {
         return;
     }
-    for (size_t i = 0; i < cfg->ntokens; i++) {
-        free(cfg->tokens[i].id);
-    }
-    free(cfg->tokens);
-    for (size_t i = 0; i < cfg->nbackends; i++) {
-        free(cfg->backends[i].name);
-        free(cfg->backends[i].url);
-    }
-    free(cfg->backends);
+    FREE_ITEMS(cfg->tokens, cfg->ntokens, token_opts);
+    FREE_ITEMS(cfg->backends, cfg->nbackends, backend_opts);
     for (size_t i = 0; i < cfg->nmodels; i++) {
-        free(cfg->models[i].name);
-        free(cfg->models[i].upstream_model);
         free(cfg->models[i].backends);
     }
-    free(cfg->models);
-    for (size_t i = 0; i < cfg->ntiers; i++) {
-        free(cfg->tiers[i].name);
-    }
-    free(cfg->tiers);
-    for (size_t i = 0; i < cfg->ntenants; i++) {
-        free(cfg->tenants[i].id);
-    }
-    free(cfg->tenants);
-    free(cfg->sqlite_path);
-    free(cfg->data_dir);
-    free(cfg->listen);
-    free(cfg->node_id);
+    FREE_ITEMS(cfg->models, cfg->nmodels, model_opts);
+    FREE_ITEMS(cfg->tiers, cfg->ntiers, tier_opts);
+    FREE_ITEMS(cfg->tenants, cfg->ntenants, tenant_opts);
+    free_strs(top_opts, sizeof(top_opts) / sizeof(top_opts[0]), cfg);
     free(cfg->path);
     free(cfg);
 }

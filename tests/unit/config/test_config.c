@@ -67,6 +67,12 @@ static const struct {
     {"bad_backup_bool.yaml", 9, "backup: must be true or false"},
     {"bad_no_starter.yaml", 12, "no tier named 'starter'"},
     {"bad_section_scalar.yaml", 12, "usage: expected a mapping"},
+    /* Found by fuzz_config: libfyaml 0.7.12 hangs on this input. */
+    {"bad_fuzz_directive_utf8.yaml", 1, "invalid UTF-8"},
+    {"bad_nul.yaml", 2, "NUL byte"},
+    /* Found by fuzz_config: a failure before any key was read leaked limits.key_prefix's
+     * default (px_config_free now walks the option tables). */
+    {"bad_fuzz_root_tag.yaml", 1, "tags are not supported"},
 };
 
 static void test_bad_configs(void **state)
