@@ -24,10 +24,16 @@ static int bad(struct gw_error *err, const char *code, const char *msg)
     return -1;
 }
 
+/* Unicode characters, not bytes: the same text costs the same in any script's encoding. */
+static int64_t text_chars(const json_t *s)
+{
+    return provider_utf8_chars(json_string_value(s), json_string_length(s));
+}
+
 static int64_t content_chars(const json_t *content)
 {
     if (json_is_string(content)) {
-        return (int64_t)json_string_length(content);
+        return text_chars(content);
     }
     int64_t n = 0;
     size_t i;
@@ -35,7 +41,7 @@ static int64_t content_chars(const json_t *content)
     json_array_foreach (content, i, part) {
         json_t *text = json_object_get(part, "text");
         if (json_is_string(text)) {
-            n += (int64_t)json_string_length(text);
+            n += text_chars(text);
         }
     }
     return n;
@@ -169,9 +175,11 @@ int gw_chat_req_parse(const struct px_config *cfg, const char *body, size_t len,
     }
     long m = px_config_model(cfg, json_string_value(model), json_string_length(model));
     if (m < 0) {
+        char name[129];
+        provider__copy_utf8(name, sizeof(name), json_string_value(model),
+                            json_string_length(model));
         gw_error_set(err, 404, "invalid_request_error", "model_not_found",
-                     "The model '%.128s' does not exist (GET /v1/models lists the models)",
-                     json_string_value(model));
+                     "The model '%s' does not exist (GET /v1/models lists the models)", name);
         goto fail;
     }
     out->model = (size_t)m;

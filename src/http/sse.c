@@ -4,10 +4,15 @@
 
 #include "core/err.h"
 
+/* A line may be longer than its data by the field name ("data: "): allow that much, so that
+ * whether an event fits never depends on how its bytes were split into reads. */
+#define SSE_FIELD_SLACK 16
+
 void sse_parser_init(struct sse_parser *p, enum sse_mode mode, size_t event_max_bytes)
 {
     p->mode = mode;
-    buf_init(&p->line, event_max_bytes);
+    buf_init(&p->line, mode == SSE_MODE_NDJSON ? event_max_bytes
+                                               : event_max_bytes + SSE_FIELD_SLACK);
     buf_init(&p->data, event_max_bytes);
     p->has_data = 0;
     p->skip_lf = 0;
@@ -34,12 +39,11 @@ static int sse_line(struct sse_parser *p, const char *s, size_t n, sse_event_fn 
         return n == 0 ? 0 : cb(ud, s, n);
     }
     if (n == 0) {
-        /* Blank line: dispatch the event if it had data (the spec ignores data-less events). */
-        if (!p->has_data) {
-            return 0;
-        }
+        /* Blank line: dispatch the event. Events without data, or with only empty data, carry
+         * nothing to relay and are dropped rather than handed to a JSON parser. */
+        int had = p->has_data && p->data.len > 0;
         p->has_data = 0;
-        int rc = cb(ud, p->data.data, p->data.len);
+        int rc = had ? cb(ud, p->data.data, p->data.len) : 0;
         buf_reset(&p->data);
         return rc;
     }
@@ -89,6 +93,9 @@ int sse_parser_feed(struct sse_parser *p, const char *bytes, size_t n, sse_event
             return buf_append(&p->line, s, (size_t)(end - s));
         }
         int rc;
+        if (p->line.len + (size_t)(eol - s) > p->line.cap) {
+            return PX_EOVERFLOW; /* the same cap whether or not the line was split */
+        }
         if (p->line.len == 0) {
             rc = sse_line(p, s, (size_t)(eol - s), cb, ud); /* whole line in this read: no copy */
         } else {

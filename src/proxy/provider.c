@@ -112,22 +112,46 @@ int provider_usage_from_openai(const json_t *usage, struct px_usage *out)
     return 0;
 }
 
+void provider__copy_utf8(char *dst, size_t cap, const char *s, size_t n)
+{
+    if (cap == 0) {
+        return;
+    }
+    if (n >= cap) {
+        n = cap - 1;
+        /* Step back over continuation bytes to the start of the cut character. */
+        while (n > 0 && ((unsigned char)s[n] & 0xc0) == 0x80) {
+            n--;
+        }
+    }
+    memcpy(dst, s, n);
+    dst[n] = '\0';
+}
+
+const char *provider__error_text(json_t *j)
+{
+    if (!json_is_object(j)) {
+        return NULL;
+    }
+    json_t *e = json_object_get(j, "error");
+    if (json_is_string(e)) {
+        return json_string_value(e); /* Ollama */
+    }
+    if (json_is_object(e) && json_is_string(json_object_get(e, "message"))) {
+        return json_string_value(json_object_get(e, "message")); /* OpenAI */
+    }
+    if (json_is_string(json_object_get(j, "message"))) {
+        return json_string_value(json_object_get(j, "message")); /* vLLM */
+    }
+    return NULL;
+}
+
 void provider_error_message(const char *body, size_t len, char *msg, size_t cap)
 {
     json_t *j = json_loadb(body, len, 0, NULL);
-    const char *m = NULL;
-    if (json_is_object(j)) {
-        json_t *e = json_object_get(j, "error");
-        if (json_is_string(e)) {
-            m = json_string_value(e); /* Ollama */
-        } else if (json_is_object(e) && json_is_string(json_object_get(e, "message"))) {
-            m = json_string_value(json_object_get(e, "message")); /* OpenAI */
-        } else if (json_is_string(json_object_get(j, "message"))) {
-            m = json_string_value(json_object_get(j, "message")); /* vLLM */
-        }
-    }
+    const char *m = provider__error_text(j);
     if (m) {
-        snprintf(msg, cap, "%s", m);
+        provider__copy_utf8(msg, cap, m, strlen(m));
     } else {
         /* Not JSON: keep a printable prefix so the operator sees what came back. */
         size_t k = 0;

@@ -96,6 +96,12 @@ int64_t provider_utf8_chars(const char *s, size_t n);
 
 /* Internal to the adapters: append `data: <compact json>\n\n` (takes a reference to j). */
 void provider__sse_json(struct buf *out, json_t *j);
+/* Internal to the adapters: copy s (n bytes) into dst (cap bytes, NUL-terminated), cut at a
+ * UTF-8 character boundary so the result stays valid UTF-8 (jansson refuses anything else). */
+void provider__copy_utf8(char *dst, size_t cap, const char *s, size_t n);
+/* Internal to the adapters: the message of a parsed error body (any of the three shapes), or
+ * NULL. Borrowed from j. */
+const char *provider__error_text(json_t *j);
 /* Internal to the adapters: the estimated usage when the backend gave none. */
 void provider__estimate(struct relay *r, int64_t prompt_estimate, int64_t completion_estimate);
 

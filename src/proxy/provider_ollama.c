@@ -130,8 +130,8 @@ static enum relay_result ollama_stream_event(struct relay *r, const char *data, 
     }
     json_t *err = json_object_get(j, "error");
     if (err) {
-        snprintf(r->error, sizeof(r->error), "%s",
-                 json_is_string(err) ? json_string_value(err) : "backend reported an error");
+        const char *m = json_is_string(err) ? json_string_value(err) : "backend reported an error";
+        provider__copy_utf8(r->error, sizeof(r->error), m, strlen(m));
         json_decref(j);
         return RELAY_ERROR;
     }

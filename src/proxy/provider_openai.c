@@ -38,7 +38,9 @@ static int openai_build_request(json_t *req, const char *upstream_model, int str
 
 static void set_error(struct relay *r, const char *what, const json_error_t *je)
 {
-    snprintf(r->error, sizeof(r->error), "%s%s%s", what, je ? ": " : "", je ? je->text : "");
+    char m[sizeof(r->error) + 200];
+    snprintf(m, sizeof(m), "%s%s%s", what, je ? ": " : "", je ? je->text : "");
+    provider__copy_utf8(r->error, sizeof(r->error), m, strlen(m));
 }
 
 static enum relay_result openai_stream_event(struct relay *r, const char *data, size_t len,
@@ -57,11 +59,9 @@ static enum relay_result openai_stream_event(struct relay *r, const char *data, 
     }
     json_t *err = json_object_get(j, "error");
     if (err) {
-        char body[512];
-        char *s = json_dumps(j, JSON_COMPACT);
-        snprintf(body, sizeof(body), "%s", s ? s : "");
-        free(s);
-        provider_error_message(body, strlen(body), r->error, sizeof(r->error));
+        const char *m = provider__error_text(j);
+        m = m ? m : "backend reported an error";
+        provider__copy_utf8(r->error, sizeof(r->error), m, strlen(m));
         json_decref(j);
         return RELAY_ERROR;
     }
@@ -95,15 +95,22 @@ static enum relay_result openai_stream_event(struct relay *r, const char *data, 
     if (!r->id_from_upstream && json_is_string(json_object_get(j, "id"))) {
         /* The closing usage chunk privax writes carries the same id as the backend's. */
         r->id_from_upstream = 1;
-        snprintf(r->id, sizeof(r->id), "%s", json_string_value(json_object_get(j, "id")));
+        json_t *id = json_object_get(j, "id");
+        provider__copy_utf8(r->id, sizeof(r->id), json_string_value(id), json_string_length(id));
     }
     json_t *fr = json_object_get(c0, "finish_reason");
     if (json_is_string(fr)) {
         snprintf(r->finish_reason, sizeof(r->finish_reason), "%s", json_string_value(fr));
     }
-    if (r->rewrite_model || json_is_object(usage)) {
-        json_object_set_new(j, "model", json_string(r->model));
-        json_object_del(j, "usage"); /* continuous usage stats: only the closing chunk has it */
+    /* Re-encode when the chunk must change, or when the backend split its JSON over several
+     * data: lines (forwarded raw, the newline would end the client's data line). */
+    if (r->rewrite_model || json_is_object(usage) || memchr(data, '\n', len)) {
+        if (r->rewrite_model || json_object_get(j, "model")) {
+            json_object_set_new(j, "model", json_string(r->model));
+        }
+        if (json_is_object(usage)) {
+            json_object_del(j, "usage"); /* continuous usage stats: only the closing chunk */
+        }
         provider__sse_json(out, j);
         return RELAY_CONTINUE;
     }
