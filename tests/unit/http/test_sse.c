@@ -348,6 +348,18 @@ static void test_cap_exact_fits(void **state)
     /* NDJSON line of exactly the cap. */
     check_all_splits(SSE_MODE_NDJSON, 8, "12345678\n", 9, EV("12345678"), 1, NULL, 0, 0,
                      "ndjson line of exactly the cap");
+    /* Event stream: data of exactly the cap, behind "data: ", whatever the line endings. */
+    check_all_splits(SSE_MODE_EVENT_STREAM, 8, "data: 12345678\r\n\r\n", 18, EV("12345678"), 1,
+                     NULL, 0, 0, "event-stream data of exactly the cap");
+}
+
+static void test_cap_ndjson_crlf_exact(void **state)
+{
+    (void)state;
+    /* The same line ending in CRLF: the CR belongs to the terminator ("CR before LF is
+     * dropped"), so the 8-byte event fits an 8-byte cap just as with LF. */
+    check_all_splits(SSE_MODE_NDJSON, 8, "12345678\r\n", 10, EV("12345678"), 1, NULL, 0, 0,
+                     "ndjson CRLF line of exactly the cap");
 }
 
 static void test_cap_overflow_joined(void **state)
@@ -546,6 +558,7 @@ int main(void)
         cmocka_unit_test(test_inline_cases),
         cmocka_unit_test(test_empty_data_not_dispatched),
         cmocka_unit_test(test_cap_exact_fits),
+        cmocka_unit_test(test_cap_ndjson_crlf_exact),
         cmocka_unit_test(test_cap_overflow_joined),
         cmocka_unit_test(test_cap_overflow_single_line),
         cmocka_unit_test(test_cap_overflow_ndjson_line),

@@ -553,8 +553,8 @@ static void test_openai_errors(void **state)
     }
 }
 
-/* An upstream error message longer than the 512-byte scratch buffer the adapter re-serializes
- * the chunk into: r->error must still hold (a prefix of) the message, not raw JSON. */
+/* An upstream error message of any length (here 600 bytes): r->error holds a prefix of the
+ * message itself, never the raw JSON around it. */
 static void test_openai_long_error_message(void **state)
 {
     (void)state;
