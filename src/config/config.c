@@ -606,6 +606,21 @@ static int check_url(struct cfg_loader *ld, char *s, const char *where, int line
     return 0;
 }
 
+/* redis://[:password@]host[:port][/db], as src/limits/redis.c parses it; checked here so a
+ * typo is a FILE:LINE error at start-up rather than a degraded limiter. The value is never
+ * echoed (it may hold a password). */
+static int check_redis_url(struct cfg_loader *ld, char *s, const char *where, int line)
+{
+    const char *p = s + (strncmp(s, "redis://", 8) == 0 ? 8 : 0);
+    const char *at = strrchr(p, '@');
+    const char *host = at ? at + 1 : p;
+    if (p == s || host[0] == '\0' || host[0] == ':' || host[0] == '/' ||
+        strpbrk(s, " ?#") != NULL) {
+        return cfg_fail(ld, line, where, "must be redis://[:password@]host[:port][/db]");
+    }
+    return 0;
+}
+
 /* ---- auth.tokens ---- */
 
 static int token_source(struct cfg_loader *ld, const char *where, int line)
@@ -1192,7 +1207,7 @@ static const struct cfg_opt usage_opts[] = {
 
 static const char *const redis_error_names[] = {"open", "closed", NULL};
 static const struct cfg_opt limits_opts[] = {
-    OPT_STR("redis", CF(redis_url), 0, 9, 1024, NULL, NULL),
+    OPT_STR("redis", CF(redis_url), 0, 9, 1024, NULL, check_redis_url),
     OPT_ENUM("on_redis_error", CF(on_redis_error), 0, 0, redis_error_names),
     OPT_NUM("nodes", CFG_I64, CF(limits_nodes), 0, 1, 1, 1000),
     OPT_NUM("redis_timeout_ms", CFG_U64, CF(redis_timeout_ms), 0, 50, 1, 60000),

@@ -67,6 +67,7 @@ static const struct {
     {"bad_backup_bool.yaml", 9, "backup: must be true or false"},
     {"bad_no_starter.yaml", 12, "no tier named 'starter'"},
     {"bad_section_scalar.yaml", 12, "usage: expected a mapping"},
+    {"bad_redis_url.yaml", 13, "limits.redis: must be redis://"},
     /* Found by fuzz_config: libfyaml 0.7.12 hangs on this input. */
     {"bad_fuzz_directive_utf8.yaml", 1, "invalid UTF-8"},
     {"bad_nul.yaml", 2, "NUL byte"},
