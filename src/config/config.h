@@ -97,15 +97,15 @@ struct px_config {
     uint64_t idle_timeout_ms;       /* max gap between upstream chunks, default 60000 */
     uint64_t shutdown_timeout_ms;   /* SIGTERM grace for in-flight requests, default 30000 */
     /* limits: */
-    char *redis_url;            /* limits.redis: redis://[:pw@]host:port[/db]; NULL = local */
-    int on_redis_error;         /* limits.on_redis_error: 0 open (default), 1 closed */
-    int64_t limits_nodes;       /* limits.nodes: node count; degraded mode divides limits by it */
-    uint64_t redis_timeout_ms;  /* limits.redis_timeout_ms: slower answers count as failures */
-    char *redis_prefix;         /* limits.key_prefix, default "privax" */
+    char *redis_url;           /* limits.redis: redis://[:pw@]host:port[/db]; NULL = local */
+    int on_redis_error;        /* limits.on_redis_error: 0 open (default), 1 closed */
+    int64_t limits_nodes;      /* limits.nodes: node count; degraded mode divides limits by it */
+    uint64_t redis_timeout_ms; /* limits.redis_timeout_ms: slower answers count as failures */
+    char *redis_prefix;        /* limits.key_prefix, default "privax" */
     /* queue: */
-    size_t queue_max;           /* queue.max_length: requests waiting for a slot, default 1024 */
-    uint64_t queue_timeout_ms;  /* queue.timeout_ms: longest wait for a slot, default 30000 */
-    int access_log;             /* log.access: one line per request on stderr, default true */
+    size_t queue_max;          /* queue.max_length: requests waiting for a slot, default 1024 */
+    uint64_t queue_timeout_ms; /* queue.timeout_ms: longest wait for a slot, default 30000 */
+    int access_log;            /* log.access: one line per request on stderr, default true */
     /* usage: */
     uint64_t usage_flush_ms; /* writer batch interval, default 100 */
     size_t usage_batch_max;  /* rows per transaction, default 1000 */

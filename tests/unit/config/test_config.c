@@ -84,8 +84,9 @@ static void test_bad_configs(void **state)
         char err[512];
         char want[1400];
         struct px_config *cfg = (struct px_config *)(uintptr_t)1;
-        path_of(path, sizeof(path), "tests/data/config/");
-        strncat(path, bad_cases[i].file, sizeof(path) - strlen(path) - 1);
+        char rel[256];
+        snprintf(rel, sizeof(rel), "tests/data/config/%s", bad_cases[i].file);
+        path_of(path, sizeof(path), rel);
         int rc = px_config_load(path, &cfg, err, sizeof(err));
         if (rc != PX_ECONFIG || cfg != NULL) {
             fail_msg("%s: expected PX_ECONFIG, got %d", bad_cases[i].file, rc);

@@ -50,7 +50,7 @@ static int fake_insert(struct store *st, struct usage_event *const *rows, size_t
         return PX_ESTORE; /* all or none: nothing recorded */
     }
     for (size_t i = 0; i < n; i++) {
-        int id = atoi(rows[i]->request_id);
+        long id = strtol(rows[i]->request_id, NULL, 10);
         if (id >= 0 && id < FAKE_MAX_ROWS) {
             f->seen[id]++;
         }
