@@ -264,6 +264,34 @@ static void test_unknown_model_long_name(void **state)
     }
 }
 
+/* A body that is valid UTF-8 but not valid JSON: jansson's error text quotes the bytes near
+ * the error and may cut a character ("invalid escape near '\"\\<first byte of 日>'"). The
+ * message is sent as JSON, so it must stay valid UTF-8 (otherwise the HTTP layer can only say
+ * "error message too long"); found by fuzz_chat_req. */
+static void test_json_error_message_is_utf8(void **state)
+{
+    (void)state;
+    static const char *const bodies[] = {
+        "{\"model\":\"m\",\"messages\":\"\\\xc6\x97\"}",
+        "{\"model\":\"\\\xe6\x97\xa5\"}",
+        "\"\\\xf0\x9f\x98\x80",
+    };
+    int bad = 0;
+    for (size_t i = 0; i < sizeof(bodies) / sizeof(bodies[0]); i++) {
+        struct gw_chat_req r;
+        struct gw_error err;
+        assert_int_equal(gw_chat_req_parse(&cfg, bodies[i], strlen(bodies[i]), &r, &err), -1);
+        assert_int_equal(err.status, 400);
+        assert_string_equal(err.code, "invalid_json");
+        assert_non_null(strstr(err.message, "request body is not valid JSON"));
+        if (!px_utf8_valid(err.message, strlen(err.message))) {
+            print_error("body %zu: message \"%s\" is not valid UTF-8\n", i, err.message);
+            bad++;
+        }
+    }
+    assert_int_equal(bad, 0);
+}
+
 /* ---- good requests ---- */
 
 static const struct {
@@ -401,6 +429,7 @@ int main(void)
         cmocka_unit_test(test_bad_requests),
         cmocka_unit_test(test_too_many_messages),
         cmocka_unit_test(test_unknown_model_long_name),
+        cmocka_unit_test(test_json_error_message_is_utf8),
         cmocka_unit_test(test_good_requests),
         cmocka_unit_test(test_root_is_the_body),
         cmocka_unit_test(test_input_chars_counts_characters),

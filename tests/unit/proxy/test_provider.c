@@ -787,6 +787,49 @@ static void test_ollama_long_utf8_error(void **state)
     assert_int_equal(nev, 1);
 }
 
+/* jansson's error text quotes the bytes near the error and may cut a UTF-8 character
+ * ('invalid escape near \'"\\<first byte of 日>\''). r->error ends up in a JSON error event (or
+ * a JSON error body), so it must be valid UTF-8 whatever the upstream sent; found by
+ * fuzz_usage with the input "\\\xc6\x97. */
+static void test_json_error_text_is_utf8(void **state)
+{
+    (void)state;
+    static const char *const inputs[] = {
+        "\"\\\xc6\x97",
+        "{\"choices\":[{\"delta\":{\"content\":\"\\\xe6\x97\xa5\"}}]}",
+        "{\"message\":{\"content\":\"ok \\\xf0\x9f\x98\x80\"}}",
+    };
+    const struct provider_ops *ops[] = {&provider_openai, &provider_ollama};
+    int bad = 0;
+    for (size_t i = 0; i < sizeof(inputs) / sizeof(inputs[0]); i++) {
+        for (size_t k = 0; k < 2; k++) {
+            struct fx f;
+            fx_init(&f, ops[k], 0);
+            assert_int_equal(ev(&f, inputs[i]), RELAY_ERROR);
+            int valid = px_utf8_valid(f.r.error, strlen(f.r.error));
+            relay_error_event(&f.out, "server_error", "upstream_error", f.r.error);
+            int written = f.out.len > 0;
+            if (!valid || !written) {
+                print_error("%s stream_event(%s): error \"%s\" valid %d, error event written %d\n",
+                            ops[k]->name, inputs[i], f.r.error, valid, written);
+                bad++;
+            }
+            fx_cleanup(&f);
+
+            fx_init(&f, ops[k], 0);
+            assert_int_equal(ops[k]->complete(&f.r, inputs[i], strlen(inputs[i]), 5, &f.out),
+                             PX_EPARSE);
+            if (!px_utf8_valid(f.r.error, strlen(f.r.error))) {
+                print_error("%s complete(%s): error \"%s\" is not valid UTF-8\n", ops[k]->name,
+                            inputs[i], f.r.error);
+                bad++;
+            }
+            fx_cleanup(&f);
+        }
+    }
+    assert_int_equal(bad, 0);
+}
+
 /* ---- relay_finish ---- */
 
 static void test_finish_estimated(void **state)
@@ -1372,6 +1415,7 @@ int main(void)
         cmocka_unit_test(test_ollama_done_variants),
         cmocka_unit_test(test_ollama_errors),
         cmocka_unit_test(test_ollama_long_utf8_error),
+        cmocka_unit_test(test_json_error_text_is_utf8),
         cmocka_unit_test(test_finish_estimated),
         cmocka_unit_test(test_finish_with_upstream_usage),
         cmocka_unit_test(test_finish_nothing_relayed),
