@@ -119,7 +119,8 @@ static int print_json(const struct usage_line *lines, size_t n)
         json_object_set_new(o, "overage_tokens", json_integer(r->overage_tokens));
         json_array_append_new(arr, o);
     }
-    int rc = json_dumpf(arr, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    int rc =
+        json_dumpf(arr, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(12));
     json_decref(arr);
     if (rc != 0) {
         return EX_IOERR;
