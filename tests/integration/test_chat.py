@@ -179,6 +179,23 @@ class ChatTest(TestCase):
         finally:
             conn.close()
 
+    def test_pipelined_requests(self):
+        """Two requests in one write on one connection: two answers, in order."""
+        import socket
+        from harness import read_http_response
+        reqs = b""
+        for rid in ("pipe-1", "pipe-2"):
+            body = json.dumps(chat_body(prompt=rid)).encode()
+            reqs += ("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+                     "X-Tenant-ID: %s\r\nX-Request-ID: %s\r\nContent-Type: application/json\r\n"
+                     "Content-Length: %d\r\n\r\n" % (TOKEN, TENANT, rid, len(body))).encode() + body
+        with socket.create_connection(("127.0.0.1", self.gw.port), timeout=T(30)) as s:
+            s.sendall(reqs)
+            for rid in ("pipe-1", "pipe-2"):
+                r = read_http_response(s, T(30))
+                self.assertCompletion(r)
+                self.assertEqual(r.header("X-Request-ID"), rid)
+
     def test_concurrent_streams(self):
         results = [None] * 6
         def one(i):

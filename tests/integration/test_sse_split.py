@@ -71,7 +71,7 @@ def split_inside_multibyte(text):
 
 class SSESplitTest(TestCase):
 
-    def start(self, stream_route, json_route=None):
+    def start(self, stream_route, json_route=None, idle_ms=None):
         routes = [dict({"method": "POST", "path": "/v1/chat/completions", "stream": True, "status": 200,
                         "headers": [["Content-Type", "text/event-stream"]]}, **stream_route)]
         routes.append(dict({"method": "POST", "path": "/v1/chat/completions", "stream": False, "status": 200,
@@ -81,6 +81,8 @@ class SSESplitTest(TestCase):
         cfg = self.h.gateway_config(
             [{"name": "fake0", "url": self.fake.url, "protocol": "openai", "gpu_id": 3, "max_concurrency": 4}],
             [{"name": MODEL, "upstream_model": UPSTREAM_MODEL, "backends": ["fake0"]}])
+        if idle_ms is not None:
+            cfg["timeouts"]["idle_ms"] = idle_ms
         self.gw = self.h.start_gateway(cfg)
 
     def upstream_requests(self):
@@ -166,6 +168,19 @@ class SSESplitTest(TestCase):
         row = self.gw.wait_rows(1, "request_id = ?", (rid,))[0]
         self.assertEqual(row["usage_estimated"], 1, row)
         self.assertEqual(row["total_tokens"], s.usage["total_tokens"], row)
+
+    def test_upstream_idle_timeout_mid_stream(self):
+        """The upstream stalls between chunks longer than timeouts.idle_ms: the client gets what
+        came, then an error event, and no [DONE]."""
+        body = sse_body()
+        first = body.index("data: ", body.index(PIECES[2]))  # three whole events, then a stall
+        self.start({"body": body, "writes": [first, len(body) - first], "delay_ms": 4000}, idle_ms=1000)
+        r, s = self.gw.stream(model=MODEL, prompt="stall", timeout=T(30))
+        self.assertEqual(r.status, 200, r)
+        self.assertFalse(s.done, "a stalled stream must not end with [DONE]: %r" % s.data[-3:])
+        self.assertTrue(s.errors, "a stalled stream must end with an error event: %r" % s.data[-3:])
+        self.assertIn("error", s.chunks[-1], s.data[-3:])
+        self.assertTrue(CONTENT.startswith(s.content) and s.content, s.content)
 
     def test_upstream_cut_mid_stream(self):
         """The upstream connection closes mid-event (chunked body, no terminating chunk)."""

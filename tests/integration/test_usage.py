@@ -1,6 +1,7 @@
 """Metering: one row per request; `privax usage --json` totals equal what the clients were told;
 SIGTERM finishes in-flight work, flushes the rows and exits 0."""
 
+import http.client
 import signal
 import threading
 import time
@@ -136,7 +137,20 @@ class GracefulShutdownTest(TestCase):
         t = threading.Thread(target=client)
         t.start()
         self.assertTrue(started.wait(T(20)), "the stream did not start")
-        rc, killed = gw.stop(signal.SIGTERM, T(30))
+        gw.child.expected_exit = True
+        gw.child.send_signal(signal.SIGTERM)
+        # While it drains, new work is refused: connection refused or a 503 JSON error.
+        late = None
+        try:
+            late = gw.chat(prompt="too late", timeout=T(10))
+        except (ConnectionRefusedError, ConnectionResetError, http.client.RemoteDisconnected):
+            pass
+        if late is not None:
+            self.assertErrorJSON(late, 503)
+        rc = gw.child.wait(T(30))
+        killed = rc is None
+        if killed:
+            rc, _ = gw.stop(signal.SIGKILL, T(5))
         t.join(T(30))
         self.assertNotIn("error", result, result)
         self.assertEqual(result.get("status"), 200, result)
