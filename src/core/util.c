@@ -63,6 +63,27 @@ int px_view_ieq(const char *p, size_t n, const char *s)
     return strlen(s) == n && strncasecmp(p, s, n) == 0;
 }
 
+void px_utf8_sanitize(char *s)
+{
+    size_t n = strlen(s);
+    size_t i = 0;
+    while (i < n) {
+        /* Find the longest valid sequence starting here (1-4 bytes). */
+        size_t len = 0;
+        for (size_t k = 1; k <= 4 && i + k <= n; k++) {
+            if (px_utf8_valid(s + i, k)) {
+                len = k;
+                break;
+            }
+        }
+        if (len == 0) {
+            s[i] = '?';
+            len = 1;
+        }
+        i += len;
+    }
+}
+
 int px_utf8_valid(const char *p, size_t n)
 {
     const unsigned char *s = (const unsigned char *)p;

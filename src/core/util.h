@@ -24,6 +24,10 @@ int px_view_ieq(const char *p, size_t n, const char *s);
 /* 1 when (p, n) is valid UTF-8 (no overlongs, no surrogates, max U+10FFFF). */
 int px_utf8_valid(const char *p, size_t n);
 
+/* Replace every byte of s that is not part of a valid UTF-8 sequence with '?', in place, so
+ * text echoed from input can always go into JSON. */
+void px_utf8_sanitize(char *s);
+
 /* Parse "host:port" into host (NUL-terminated, hostcap bytes) and port: 0 or PX_EPARSE. */
 int px_parse_hostport(const char *s, char *host, size_t hostcap, int *port);
 

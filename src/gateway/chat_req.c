@@ -152,16 +152,23 @@ int gw_chat_req_parse(const struct px_config *cfg, const char *body, size_t len,
         return bad(err, "invalid_json", "request body is not valid UTF-8");
     }
     json_error_t je;
-    json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
+    json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &je);
     if (!root) {
-        gw_error_set(err, 400, "invalid_request_error", "invalid_json",
+        /* Valid JSON whose number does not fit 64 bits is a bad value, not bad JSON. */
+        int too_big = strncmp(je.text, "too big", 7) == 0;
+        gw_error_set(err, 400, "invalid_request_error", too_big ? "invalid_value" : "invalid_json",
                      "request body is not valid JSON: %s at line %d column %d", je.text,
                      je.line, je.column);
+        if (too_big) {
+            gw_error_set(err, 400, "invalid_request_error", "invalid_value",
+                         "a number in the request body is out of range: %s at line %d column %d",
+                         je.text, je.line, je.column);
+        }
         return -1;
     }
     out->root = root;
     if (!json_is_object(root)) {
-        bad(err, "invalid_json", "request body must be a JSON object");
+        bad(err, "invalid_value", "request body must be a JSON object");
         goto fail;
     }
     json_t *model = json_object_get(root, "model");

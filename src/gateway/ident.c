@@ -24,6 +24,9 @@ void gw_error_set(struct gw_error *err, int status, const char *type, const char
     va_start(ap, fmt);
     vsnprintf(err->message, sizeof(err->message), fmt, ap);
     va_end(ap);
+    /* Messages quote input (jansson echoes the bytes near a parse error, and truncation can
+     * cut a character): the error body is JSON and must stay valid UTF-8. */
+    px_utf8_sanitize(err->message);
 }
 
 /* 1 when (p, n) is a usable id: 1..USAGE_ID_MAX bytes, valid UTF-8, no control bytes. */
