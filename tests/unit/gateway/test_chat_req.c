@@ -130,9 +130,9 @@ static const struct {
      "'max_tokens' must be an integer between 1 and 1000000"},
     {"{\"model\":\"m\"," MSG ",\"max_tokens\":1000001}", 400, "invalid_value",
      "'max_tokens' must be an integer between 1 and 1000000"},
-    /* beyond int64: jansson refuses the document itself */
-    {"{\"model\":\"m\"," MSG ",\"max_tokens\":99999999999999999999}", 400, "invalid_json",
-     "not valid JSON: too big integer"},
+    /* beyond int64: jansson refuses the document; reported as a bad value */
+    {"{\"model\":\"m\"," MSG ",\"max_tokens\":99999999999999999999}", 400, "invalid_value",
+     "out of range: too big integer"},
     {"{\"model\":\"m\"," MSG ",\"max_tokens\":9223372036854775807}", 400, "invalid_value",
      "'max_tokens' must be an integer"},
     {"{\"model\":\"m\"," MSG ",\"max_tokens\":\"100\"}", 400, "invalid_value",
