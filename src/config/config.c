@@ -789,6 +789,9 @@ static const struct cfg_opt auth_opts[] = {
 static const char *const protocol_names[] = {"ollama", "openai", NULL};
 
 #define BE(f) offsetof(struct px_backend_cfg, f)
+/* Usage rows' provider column; "auto" means ollama for the ollama protocol, vllm otherwise. */
+static const char *const provider_names[] = {"auto", "ollama", "vllm", "openai", NULL};
+
 static const struct cfg_opt backend_opts[] = {
     OPT_STR("name", BE(name), CFG_REQUIRED, 1, 64, NULL, NULL),
     OPT_STR("url", BE(url), CFG_REQUIRED, 8, 2048, NULL, check_url),
@@ -797,6 +800,10 @@ static const struct cfg_opt backend_opts[] = {
     OPT_NUM("max_concurrency", CFG_INT, BE(max_concurrency), 0, 4, 1, 100000),
     OPT_NUM("weight", CFG_INT, BE(weight), 0, 1, 1, 1000),
     OPT_NUM("backup", CFG_BOOL, BE(backup), 0, 0, 0, 1),
+    OPT_NUM("max_fails", CFG_INT, BE(max_fails), 0, 3, 1, 1000),
+    OPT_NUM("fail_timeout_ms", CFG_U64, BE(fail_timeout_ms), 0, 30000, 100, 3600000),
+    OPT_STR("health_path", BE(health_path), 0, 1, 256, NULL, NULL),
+    OPT_ENUM("provider", BE(provider_kind), 0, 0, provider_names),
 };
 #undef BE
 
@@ -1219,6 +1226,15 @@ static const struct cfg_opt queue_opts[] = {
     OPT_NUM("timeout_ms", CFG_U64, CF(queue_timeout_ms), 0, 30000, 1, 3600000),
 };
 
+static const struct cfg_opt health_opts[] = {
+    OPT_NUM("interval_ms", CFG_U64, CF(health_interval_ms), 0, 5000, 0, 3600000),
+    OPT_NUM("timeout_ms", CFG_U64, CF(health_timeout_ms), 0, 2000, 10, 600000),
+};
+
+static const struct cfg_opt routing_opts[] = {
+    OPT_NUM("max_tries", CFG_INT, CF(max_tries), 0, 2, 1, 16),
+};
+
 static const struct cfg_opt log_opts[] = {
     OPT_NUM("access", CFG_BOOL, CF(access_log), 0, 1, 0, 1),
 };
@@ -1242,6 +1258,8 @@ static const struct cfg_opt top_opts[] = {
     OPT_SECTION("limits", 0, limits_opts),
     OPT_SECTION("queue", 0, queue_opts),
     OPT_SECTION("log", 0, log_opts),
+    OPT_SECTION("health", 0, health_opts),
+    OPT_SECTION("routing", 0, routing_opts),
 };
 #undef CF
 

@@ -34,6 +34,10 @@ struct px_backend_cfg {
     int max_concurrency;       /* requests in flight at once on this backend, >= 1 */
     int weight;                /* relative share for balancing, >= 1 (default 1) */
     int backup;                /* 1: serve only while no primary is healthy */
+    int max_fails;             /* failures within fail_timeout_ms that mark it down (nginx) */
+    uint64_t fail_timeout_ms;  /* failure window, and how long it then stays down */
+    char *health_path;         /* active probe path; default /api/tags (ollama), /v1/models */
+    int provider_kind;         /* usage rows' provider: 0 auto, 1 ollama, 2 vllm, 3 openai */
 };
 
 struct px_model_cfg {
@@ -106,6 +110,9 @@ struct px_config {
     size_t queue_max;          /* queue.max_length: requests waiting for a slot, default 1024 */
     uint64_t queue_timeout_ms; /* queue.timeout_ms: longest wait for a slot, default 30000 */
     int access_log;            /* log.access: one line per request on stderr, default true */
+    uint64_t health_interval_ms; /* health.interval_ms: active probe period, 0 = off */
+    uint64_t health_timeout_ms;  /* health.timeout_ms: a probe slower than this failed */
+    int max_tries;               /* routing.max_tries: backends tried per request, >= 1 */
     /* usage: */
     uint64_t usage_flush_ms; /* writer batch interval, default 100 */
     size_t usage_batch_max;  /* rows per transaction, default 1000 */
