@@ -64,11 +64,19 @@ class BeforeFirstByteTest(TestCase):
                     self.assert_still_ok(model)
 
     def test_upstream_reset_is_502(self):
+        """The sim reads the request, then resets the connection. The client gets 502 and the
+        request is not silently sent again (the GPU may already be working on it). Repeated,
+        because a re-send only shows when the reset connection was a reused keep-alive one."""
         for model in MODELS:
-            with self.subTest(model=model):
-                self.sim.fault("reset", 1)
-                self.assertErrorJSON(self.gw.chat(model=model), 502)
-                self.assert_still_ok(model)
+            for i in range(4):
+                with self.subTest(model=model, attempt=i):
+                    self.assert_still_ok(model)  # leaves a keep-alive connection to reuse
+                    before = self.sim.stats()["requests"]
+                    self.sim.fault("reset", 1)
+                    r = self.gw.chat(model=model)
+                    sent = self.sim.stats()["requests"] - before
+                    self.assertErrorJSON(r, 502)
+                    self.assertEqual(sent, 1, "the gateway sent the request %d times" % sent)
 
     def test_no_usage_from_upstream_is_estimated(self):
         for model in MODELS:
