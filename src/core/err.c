@@ -19,6 +19,8 @@ const char *px_strerror(int err)
         return "upstream failure";
     case PX_ECLOSED:
         return "peer closed";
+    case PX_ECONNECT:
+        return "could not connect";
     default:
         return err < 0 ? strerror(-err) : "unknown error";
     }

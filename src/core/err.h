@@ -11,6 +11,7 @@ enum px_err {
     PX_ESTORE    = -10004, /* the usage store failed */
     PX_EUPSTREAM = -10005, /* the upstream failed */
     PX_ECLOSED   = -10006, /* the peer is gone */
+    PX_ECONNECT  = -10007, /* could not connect: nothing was sent */
 };
 
 /* Text for a code from this header or a -errno. Borrowed, static. Any thread. */

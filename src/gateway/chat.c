@@ -23,6 +23,7 @@
 #include "core/mem.h"
 #include "core/util.h"
 #include "gateway/internal.h"
+#include "health/health.h"
 
 #define CHAT_EVENT_MAX_BYTES (1u << 20)  /* one upstream stream event */
 #define CHAT_BODY_MAX_BYTES (16u << 20)  /* a whole upstream JSON answer */
@@ -36,6 +37,9 @@ struct gw_chat {
     int identified;             /* authenticated: a usage row will be written */
     int parsed;                 /* body validated: model and counts are known */
     long backend;               /* index into gw->backends, -1 before routing */
+    long tried[16];             /* backends already tried for this request */
+    int ntried;                 /* entries in tried (<= routing.max_tries) */
+    int priority;               /* queue priority of the tenant's tier, higher first */
     struct upstream_req *up;    /* the backend request while it runs */
     struct relay relay;
     struct sse_parser sse;
@@ -60,6 +64,7 @@ struct gw_chat {
 };
 
 static void chat_route(struct gw_chat *c);
+static int chat_retry(struct gw_chat *c);
 static void chat_done(struct gw_chat *c);
 
 /* ---- replies ---- */
@@ -248,14 +253,18 @@ static void on_up_done(void *ud, int err, int status, const char *msg)
     } else if (err == PX_ECLOSED) {
         gw_error_set(&e, 502, "server_error", "upstream_error", "backend %s: %s", name,
                      c->relay.error[0] ? c->relay.error : msg);
-    } else if (err != 0) {
+    } else if (err == PX_ECONNECT) {
         gw_error_set(&e, 502, "server_error", "upstream_error", "backend %s unreachable: %s",
                      name, msg);
+    } else if (err != 0) {
+        gw_error_set(&e, 502, "server_error", "upstream_error", "backend %s failed: %s", name,
+                     msg);
     } else if (c->body.stream && !c->relay.done) {
         gw_error_set(&e, 502, "server_error", "upstream_error",
                      "backend %s closed the stream before it was complete", name);
     } else if (c->body.stream) {
         /* Complete: the one closing usage chunk, then [DONE]. */
+        health_report(c->gw->health, (size_t)c->backend, 1, px_mono_ms());
         relay_finish(&c->relay, c->body.prompt_estimate, &c->out);
         c->req->on_abort = NULL; /* the answer is whole; a late hang-up changes nothing */
         chat_flush(c);
@@ -269,6 +278,7 @@ static void on_up_done(void *ud, int err, int status, const char *msg)
         gw_error_set(&e, 502, "server_error", "upstream_error", "backend %s: %s", name,
                      c->relay.error);
     } else {
+        health_report(c->gw->health, (size_t)c->backend, 1, px_mono_ms());
         c->ttft_ms = (int64_t)(px_mono_ms() - c->t0_ms);
         c->req->on_abort = NULL;
         chat_headers(c);
@@ -279,13 +289,66 @@ static void on_up_done(void *ud, int err, int status, const char *msg)
         return;
     }
     c->gw->backends[c->backend].failures++;
-    px_log(PX_LOG_WARN, "request_id=%s tenant=%s backend=%s event=upstream_failed status=%d msg=\"%s\"",
+    px_log(PX_LOG_WARN,
+           "request_id=%s tenant=%s backend=%s event=upstream_failed status=%d msg=\"%s\"",
            c->id.request_id, c->id.tenant_id, name, e.status, e.message);
+    /* Connect errors, resets, 5xx and timeouts count against the backend's health; a 4xx is
+     * the request's fault, a relay error the stream's. */
+    int counts = err == PX_ECONNECT || err == PX_EUPSTREAM || err == -ETIMEDOUT ||
+                 (err == 0 && c->up_status >= 500);
+    if (counts) {
+        health_report(c->gw->health, (size_t)c->backend, 0, px_mono_ms());
+    }
+    /* Before anything reached the client, another backend may still answer: when nothing
+     * was sent (connect error), when the backend refused with a 5xx, or when it never sent a
+     * first byte. A connection lost after the request went out is not retried: that GPU may
+     * be generating already. */
+    int retryable = err == PX_ECONNECT || err == -ETIMEDOUT || (err == 0 && c->up_status >= 500);
+    if (retryable && !c->started && chat_retry(c)) {
+        return;
+    }
     c->req->on_abort = NULL;
     chat_reject(c, &e);
 }
 
 /* ---- route and dispatch ---- */
+
+static void chat_dispatch(struct gw_chat *c, long b);
+
+static void chat_reject_unhealthy(struct gw_chat *c)
+{
+    struct gw_error e;
+    gw_error_set(&e, 502, "server_error", "no_healthy_backend",
+                 "no healthy backend serves model %s right now",
+                 c->gw->cfg->models[c->body.model].name);
+    e.retry_after_s = 5;
+    chat_reject(c, &e);
+}
+
+/* The backend failed before anything reached the client: give the request to another one
+ * (never the same twice, at most routing.max_tries in all). 1 when it was re-dispatched. */
+static int chat_retry(struct gw_chat *c)
+{
+    struct gateway *gw = c->gw;
+    if (c->client_gone || c->ntried >= gw->cfg->max_tries ||
+        c->ntried >= (int)(sizeof(c->tried) / sizeof(c->tried[0]))) {
+        return 0;
+    }
+    long b = gw_pool_pick(gw, c->body.model, c->tried, c->ntried);
+    if (b < 0) {
+        return 0;
+    }
+    px_log(PX_LOG_INFO, "request_id=%s event=failover from=%s to=%s try=%d", c->id.request_id,
+           gw->backends[c->backend].cfg->name, gw->backends[b].cfg->name, c->ntried + 1);
+    /* Forget everything the failed attempt left behind. */
+    gw->backends[c->backend].inflight--;
+    sse_parser_cleanup(&c->sse);
+    buf_reset(&c->upbody);
+    buf_reset(&c->out);
+    c->up_status = 0;
+    chat_dispatch(c, b);
+    return 1;
+}
 
 static void chat_dispatch(struct gw_chat *c, long b)
 {
@@ -293,9 +356,12 @@ static void chat_dispatch(struct gw_chat *c, long b)
     struct gw_backend *be = &gw->backends[b];
     const struct px_model_cfg *m = &gw->cfg->models[c->body.model];
     c->backend = b;
+    c->tried[c->ntried++] = b;
     be->inflight++;
     be->requests++;
-    c->queue_ms = (int64_t)(px_mono_ms() - c->t0_ms);
+    if (c->ntried == 1) {
+        c->queue_ms = (int64_t)(px_mono_ms() - c->t0_ms);
+    }
     relay_init(&c->relay, be->ops, m->name, strcmp(m->name, m->upstream_model) != 0,
                c->id.request_id);
     sse_parser_init(&c->sse, be->ops->stream_mode, CHAT_EVENT_MAX_BYTES);
@@ -357,9 +423,15 @@ static void queue_remove(struct gateway *gw, struct gw_chat *c)
 static void chat_route(struct gw_chat *c)
 {
     struct gateway *gw = c->gw;
-    long b = gw->queue_len == 0 ? gw_pool_pick(gw, c->body.model) : -1;
+    /* Requests already waiting go first: a newcomer may only skip the queue when it is empty. */
+    long b = gw->queue_len == 0 ? gw_pool_pick(gw, c->body.model, c->tried, c->ntried)
+                                : GW_POOL_BUSY;
     if (b >= 0) {
         chat_dispatch(c, b);
+        return;
+    }
+    if (b == GW_POOL_NONE_HEALTHY) {
+        chat_reject_unhealthy(c);
         return;
     }
     if (gw->queue_len >= gw->queue_max) {
@@ -371,6 +443,9 @@ static void chat_route(struct gw_chat *c)
         return;
     }
     c->queued = 1;
+    if (c->priority > gw->queue_max_priority) {
+        gw->queue_max_priority = c->priority;
+    }
     c->qprev = gw->queue_tail;
     if (gw->queue_tail) {
         gw->queue_tail->qnext = c;
@@ -394,14 +469,24 @@ void gw_queue_pump(struct gateway *gw)
     gw->pumping = 1;
     do {
         gw->pump_again = 0;
-        /* FIFO: the head goes first; if its model has no free slot, later requests for
-         * other models may go (a busy model must not block an idle one). */
-        for (struct gw_chat *c = gw->queue_head; c && !gw->pump_again; c = c->qnext) {
-            long b = gw_pool_pick(gw, c->body.model);
-            if (b >= 0) {
+        /* Highest tier priority first, FIFO within a priority; a request whose model has no
+         * free slot does not block requests for other models. */
+        for (int prio = gw->queue_max_priority; prio >= 0 && !gw->pump_again; prio--) {
+            for (struct gw_chat *c = gw->queue_head; c && !gw->pump_again; c = c->qnext) {
+                if (c->priority != prio) {
+                    continue;
+                }
+                long b = gw_pool_pick(gw, c->body.model, c->tried, c->ntried);
+                if (b == GW_POOL_BUSY) {
+                    continue;
+                }
                 queue_remove(gw, c);
-                chat_dispatch(c, b);
-                gw->pump_again = 1; /* c left the list: restart from the head */
+                if (b >= 0) {
+                    chat_dispatch(c, b);
+                } else {
+                    chat_reject_unhealthy(c);
+                }
+                gw->pump_again = 1; /* c left the list: restart from the top */
             }
         }
     } while (gw->pump_again);
@@ -519,8 +604,11 @@ static void chat_done(struct gw_chat *c)
         ev->gpu_id = -1;
         if (c->backend >= 0) {
             const struct px_backend_cfg *b = gw->backends[c->backend].cfg;
-            copy_str(ev->provider, sizeof(ev->provider),
-                     b->protocol == PX_PROTO_OLLAMA ? "ollama" : "vllm");
+            static const char *const providers[] = {"auto", "ollama", "vllm", "openai"};
+            int pk = b->provider_kind > 0 && b->provider_kind < 4 ? b->provider_kind
+                     : b->protocol == PX_PROTO_OLLAMA             ? 1
+                                                                  : 2;
+            copy_str(ev->provider, sizeof(ev->provider), providers[pk]);
             copy_str(ev->backend, sizeof(ev->backend), b->name);
             ev->gpu_id = b->gpu_id;
             if (!c->relay.usage.present && c->relay.usage.total_tokens == 0) {
@@ -612,6 +700,10 @@ static void chat_on_admit(void *ud, const struct lim_decision *d)
 static void chat_admit(struct gw_chat *c)
 {
     lim_plan_for(c->gw->cfg, c->id.tenant_id, c->id.tier, &c->plan);
+    c->priority = c->gw->cfg->tiers[c->id.tier].priority;
+    if (c->priority < 0) {
+        c->priority = 0;
+    }
     int64_t completion = c->body.max_tokens ? c->body.max_tokens : c->plan.default_max_tokens;
     int64_t need = c->body.prompt_estimate + completion;
     if (need > c->plan.max_context) {

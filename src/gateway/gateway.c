@@ -12,6 +12,7 @@
 #include "core/mem.h"
 #include "core/util.h"
 #include "gateway/internal.h"
+#include "health/health.h"
 
 static void send_json(struct http_req *req, int status, const char *request_id, json_t *j)
 {
@@ -29,12 +30,16 @@ static void handle_health(struct gateway *gw, struct http_req *req)
     json_t *backends = json_array();
     for (size_t i = 0; i < gw->cfg->nbackends; i++) {
         const struct gw_backend *b = &gw->backends[i];
+        enum health_state hs = health_state(gw->health, i, px_mono_ms());
         json_array_append_new(
-            backends, json_pack("{s:s,s:s,s:s,s:i,s:i,s:i,s:I,s:I}", "name", b->cfg->name, "url",
-                                b->cfg->url, "protocol", b->ops->name, "gpu_id", b->cfg->gpu_id,
-                                "inflight", b->inflight, "max_concurrency",
-                                b->cfg->max_concurrency, "requests", (json_int_t)b->requests,
-                                "failures", (json_int_t)b->failures));
+            backends,
+            json_pack("{s:s,s:s,s:s,s:s,s:b,s:i,s:i,s:i,s:I,s:I,s:I,s:s}", "name", b->cfg->name,
+                      "url", b->cfg->url, "protocol", b->ops->name, "state",
+                      health_state_name(hs), "backup", b->cfg->backup, "gpu_id", b->cfg->gpu_id,
+                      "inflight", b->inflight, "max_concurrency", b->cfg->max_concurrency,
+                      "requests", (json_int_t)b->requests, "failures", (json_int_t)b->failures,
+                      "last_check_unix_ms", (json_int_t)health_last_check_ms(gw->health, i),
+                      "last_error", health_last_error(gw->health, i)));
     }
     uint64_t oldest = gw_queue_oldest_ms(gw);
     json_t *j = json_pack(
@@ -132,6 +137,7 @@ int gateway_start(struct gateway **out, uv_loop_t *loop, const struct px_config 
     if (rc != 0) {
         goto fail_upstream;
     }
+    gw->health = health_new(loop, cfg, gw->up);
     struct http_server_opts ho;
     http_server_opts_default(&ho);
     ho.header_max_bytes = cfg->header_max_bytes;
@@ -151,6 +157,7 @@ int gateway_start(struct gateway **out, uv_loop_t *loop, const struct px_config 
     *out = gw;
     return 0;
 fail_http:
+    health_free(gw->health);
     upstream_client_free(gw->up);
 fail_upstream:
     free(gw->backends);
@@ -195,6 +202,7 @@ void gateway_free(struct gateway *gw)
     /* Relaying requests are aborted by the server (client side), which cancels upstream. */
     http_server_free(gw->http);
     gw_chat_reap(&gw->reap_idle);
+    health_free(gw->health); /* cancels its probes: before the client they run on */
     upstream_client_free(gw->up);
     uv_timer_stop(&gw->queue_timer);
     uv_close((uv_handle_t *)&gw->queue_timer, on_queue_timer_closed);

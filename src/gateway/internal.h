@@ -61,6 +61,7 @@ struct gateway {
     const struct px_config *cfg;
     struct usage_writer *usage;
     struct limiter *lim;
+    struct health *health;       /* backend health (passive + active probes) */
     struct http_server *http;
     struct upstream_client *up;
     struct gw_backend *backends; /* cfg->nbackends entries */
@@ -73,6 +74,7 @@ struct gateway {
     uv_idle_t reap_idle;         /* runs gw_chat_reap() on the next loop turn */
     struct gw_chat *reap_head;   /* requests to finish at a safe point (client gone) */
     size_t inflight;             /* chat requests not yet metered */
+    int queue_max_priority;      /* highest tier priority ever queued (scan bound) */
     int pumping;                 /* gw_queue_pump() is running */
     int pump_again;              /* the queue changed while pumping: walk it again */
     uint64_t started_ms;         /* px_mono_ms() at start */
@@ -110,8 +112,11 @@ void gw_chat_reap(uv_idle_t *h);
 void gw_queue_expire(uv_timer_t *t);
 
 /* pool.c: pick the backend for model with a free slot (least in-flight relative to weight),
- * or -1 when every slot is taken. */
-long gw_pool_pick(struct gateway *gw, size_t model);
+ * skipping the nskip backends in skip (already tried). GW_POOL_BUSY when every usable slot is
+ * taken (wait), GW_POOL_NONE_HEALTHY when no backend of the model can serve at all. */
+#define GW_POOL_BUSY -1
+#define GW_POOL_NONE_HEALTHY -2
+long gw_pool_pick(struct gateway *gw, size_t model, const long *skip, int nskip);
 
 /* meter.c: record one usage row (copies everything; any time). */
 void gw_meter(struct gateway *gw, struct usage_event *ev);

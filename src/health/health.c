@@ -71,13 +71,16 @@ int health_usable(struct health *h, size_t b, uint64_t now_ms)
         return 1;
     case HEALTH_TRIAL:
         /* One request at a time tests a backend coming back. */
-        if (!h->b[b].trial_taken) {
-            h->b[b].trial_taken = 1;
-            return 1;
-        }
-        return 0;
+        return !h->b[b].trial_taken;
     default:
         return 0;
+    }
+}
+
+void health_claim(struct health *h, size_t b, uint64_t now_ms)
+{
+    if (health_state(h, b, now_ms) == HEALTH_TRIAL) {
+        h->b[b].trial_taken = 1;
     }
 }
 

@@ -31,8 +31,10 @@ struct health *health_new(uv_loop_t *loop, const struct px_config *cfg, struct u
 /* Stop probing and free once libuv released the timer. NULL is a no-op. */
 void health_free(struct health *h);
 
-/* 1 when backend b may take a request at now_ms (up, or due for its trial). */
+/* 1 when backend b may take a request at now_ms (up, or due for a trial nobody took yet). */
 int health_usable(struct health *h, size_t b, uint64_t now_ms);
+/* A request is being sent to b: if b is on trial, this request is the trial. */
+void health_claim(struct health *h, size_t b, uint64_t now_ms);
 /* A request to b ended: ok 1 on success, 0 on a failure that counts (see above). */
 void health_report(struct health *h, size_t b, int ok, uint64_t now_ms);
 /* State of b at now_ms. */

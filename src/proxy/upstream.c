@@ -33,6 +33,8 @@ struct upstream_req {
     CURL *easy;
     struct curl_slist *headers;
     char *body;               /* copy of the request body */
+    size_t body_len;          /* bytes in body */
+    size_t body_off;          /* bytes of body handed to curl so far */
     uv_timer_t timer;         /* first-byte, then idle timer */
     uint64_t idle_timeout_ms;
     int got_head;             /* on_head was called */
@@ -218,8 +220,16 @@ static void client_check_done(struct upstream_client *c)
             req_free(r);
             continue;
         }
+        curl_off_t connect_us = 0;
+        curl_easy_getinfo(r->easy, CURLINFO_CONNECT_TIME_T, &connect_us);
         if (res == CURLE_OK) {
             req_finish(r, 0, NULL);
+        } else if (res == CURLE_COULDNT_CONNECT || res == CURLE_COULDNT_RESOLVE_HOST ||
+                   (res == CURLE_OPERATION_TIMEDOUT && connect_us == 0)) {
+            req_finish(r, PX_ECONNECT, r->errbuf[0] ? r->errbuf : curl_easy_strerror(res));
+        } else if (res == CURLE_SEND_FAIL_REWIND) {
+            req_finish(r, PX_EUPSTREAM,
+                       "connection lost after the request was sent (not sent again)");
         } else if (res == CURLE_WRITE_ERROR) {
             req_finish(r, PX_ECLOSED, "aborted by the relay");
         } else if (res == CURLE_OPERATION_TIMEDOUT) {
@@ -278,6 +288,18 @@ static size_t on_write(char *p, size_t size, size_t n, void *ud)
     return r->o.on_data(r->o.ud, p, len) == 0 && !r->cancelled ? len : 0;
 }
 
+/* The request body, handed out once. There is deliberately no seek callback: see upstream.h. */
+static size_t on_read(char *p, size_t size, size_t n, void *ud)
+{
+    struct upstream_req *r = ud;
+    size_t room = size * n;
+    size_t left = r->body_len - r->body_off;
+    size_t k = left < room ? left : room;
+    memcpy(p, r->body + r->body_off, k);
+    r->body_off += k;
+    return k;
+}
+
 static size_t on_header(char *p, size_t size, size_t n, void *ud)
 {
     struct upstream_req *r = ud;
@@ -329,7 +351,10 @@ struct upstream_req *upstream_req_start(struct upstream_client *c,
         r->body = px_malloc(opts->body_len + 1);
         memcpy(r->body, opts->body, opts->body_len);
         r->body[opts->body_len] = '\0';
-        curl_easy_setopt(e, CURLOPT_POSTFIELDS, r->body);
+        r->body_len = opts->body_len;
+        curl_easy_setopt(e, CURLOPT_POST, 1L);
+        curl_easy_setopt(e, CURLOPT_READFUNCTION, on_read);
+        curl_easy_setopt(e, CURLOPT_READDATA, r);
         curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)opts->body_len);
         r->headers = curl_slist_append(r->headers, "Content-Type: application/json");
         /* No 100-continue round trip: the backend always takes the body. */

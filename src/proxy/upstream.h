@@ -22,9 +22,12 @@ typedef void (*upstream_head_fn)(void *ud, int status);
 /* Body bytes, in order. Return 0 to go on, non-zero to abort the request (on_done follows
  * with PX_ECLOSED). */
 typedef int (*upstream_data_fn)(void *ud, const char *p, size_t n);
-/* The request ended: err 0 (body complete), -ETIMEDOUT (first_byte or idle timer),
- * PX_EUPSTREAM (connect refused, reset, protocol error; message in msg), PX_ECLOSED (aborted
- * by on_data). Called exactly once unless upstream_req_cancel() was called first. The request
+/* The request ended: err 0 (body complete), PX_ECONNECT (could not connect: nothing was
+ * sent, safe to send elsewhere), -ETIMEDOUT (first_byte or idle timer), PX_EUPSTREAM (reset,
+ * protocol error, ...; message in msg), PX_ECLOSED (aborted by on_data). A request is never
+ * sent twice: when a reused keep-alive connection dies after the request went out, curl
+ * would silently send it again on a new connection; the body is fed through a read callback
+ * that cannot rewind, so curl fails instead (the GPU may already be generating). Called exactly once unless upstream_req_cancel() was called first. The request
  * is freed right after this returns. */
 typedef void (*upstream_done_fn)(void *ud, int err, int status, const char *msg);
 
