@@ -139,7 +139,10 @@ class GracefulShutdownTest(TestCase):
         self.assertTrue(started.wait(T(20)), "the stream did not start")
         gw.child.expected_exit = True
         gw.child.send_signal(signal.SIGTERM)
-        # While it drains, new work is refused: connection refused or a 503 JSON error.
+        # While it drains, new work is refused: connection refused or a 503 JSON error. (Wait until
+        # the gateway has taken the signal: it logs event=shutdown; the signal is asynchronous.)
+        wait_for(lambda: "event=shutdown" in gw.child.stderr() or not gw.child.alive(), T(10),
+                 "the gateway to log event=shutdown")
         late = None
         try:
             late = gw.chat(prompt="too late", timeout=T(10))
