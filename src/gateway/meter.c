@@ -6,6 +6,10 @@
 
 void gw_meter(struct gateway *gw, struct usage_event *ev)
 {
+    if (!gw->cfg->access_log) {
+        usage_writer_push(gw->usage, ev);
+        return;
+    }
     px_log(PX_LOG_INFO,
            "request_id=%s tenant=%s user=%s key=%s tier=%s model=%s backend=%s stream=%d "
            "status=%d error=%s prompt_tokens=%lld completion_tokens=%lld estimated=%d "
