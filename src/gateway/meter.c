@@ -6,18 +6,17 @@
 
 void gw_meter(struct gateway *gw, struct usage_event *ev)
 {
-    if (!gw->cfg->access_log) {
-        usage_writer_push(gw->usage, ev);
-        return;
+    if (gw->cfg->access_log) {
+        px_log(PX_LOG_INFO,
+               "request_id=%s tenant=%s user=%s key=%s tier=%s model=%s backend=%s stream=%d "
+               "status=%d error=%s prompt_tokens=%lld completion_tokens=%lld estimated=%d "
+               "queue_ms=%lld ttft_ms=%lld latency_ms=%lld",
+               ev->request_id, ev->tenant_id, ev->user_id, ev->api_key_id, ev->plan_tier,
+               ev->model_name, ev->backend, ev->stream, ev->status_code,
+               ev->error_code[0] ? ev->error_code : "-", (long long)ev->prompt_tokens,
+               (long long)ev->completion_tokens, ev->usage_estimated, (long long)ev->queue_ms,
+               (long long)ev->ttft_ms, (long long)ev->latency_ms);
     }
-    px_log(PX_LOG_INFO,
-           "request_id=%s tenant=%s user=%s key=%s tier=%s model=%s backend=%s stream=%d "
-           "status=%d error=%s prompt_tokens=%lld completion_tokens=%lld estimated=%d "
-           "queue_ms=%lld ttft_ms=%lld latency_ms=%lld",
-           ev->request_id, ev->tenant_id, ev->user_id, ev->api_key_id, ev->plan_tier,
-           ev->model_name, ev->backend, ev->stream, ev->status_code,
-           ev->error_code[0] ? ev->error_code : "-", (long long)ev->prompt_tokens,
-           (long long)ev->completion_tokens, ev->usage_estimated, (long long)ev->queue_ms,
-           (long long)ev->ttft_ms, (long long)ev->latency_ms);
+    /* Last: from here on the writer thread owns ev. */
     usage_writer_push(gw->usage, ev);
 }
