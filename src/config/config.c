@@ -1239,6 +1239,34 @@ static const struct cfg_opt log_opts[] = {
     OPT_NUM("access", CFG_BOOL, CF(access_log), 0, 1, 0, 1),
 };
 
+static const char *const gpu_source_names[] = {"auto", "nvml", "command", "file", "none", NULL};
+static const struct cfg_opt gpu_opts[] = {
+    OPT_ENUM("source", CF(gpu_source), 0, PX_GPU_AUTO, gpu_source_names),
+    OPT_STR("command", CF(gpu_command), 0, 1, 4096, NULL, NULL),
+    OPT_STR("file", CF(gpu_file), 0, 1, 4096, NULL, NULL),
+    OPT_NUM("interval_ms", CFG_U64, CF(gpu_interval_ms), 0, 2000, 10, 3600000),
+    OPT_NUM("timeout_ms", CFG_U64, CF(gpu_timeout_ms), 0, 5000, 10, 600000),
+    OPT_NUM("history", CFG_SIZE, CF(gpu_history), 0, 150, 1, 100000),
+};
+
+static const struct cfg_opt scale_opts[] = {
+    OPT_NUM("gpu_util_pct", CFG_I64, CF(scale_gpu_pct), 0, 80, 1, 100),
+    OPT_NUM("gpu_window_s", CFG_U64, CF(scale_gpu_window_s), 0, 300, 1, 86400),
+    OPT_NUM("queue_p95_ms", CFG_I64, CF(scale_queue_ms), 0, 5000, 1, 3600000),
+    OPT_NUM("monthly_tokens", CFG_I64, CF(scale_monthly_tokens), 0, 100000000, 1,
+            INT64_C(1000000000000000)),
+    OPT_NUM("concurrent_users", CFG_I64, CF(scale_users), 0, 25, 1, 100000000),
+    OPT_NUM("window_days", CFG_I64, CF(scale_window_days), 0, 7, 1, 366),
+    OPT_NUM("regular_pct", CFG_I64, CF(scale_regular_pct), 0, 10, 1, 100),
+    OPT_NUM("node_cost_usd", CFG_MONEY, CF(scale_node_cost_cents), 0, 30000, 0,
+            INT64_C(100000000000)),
+    OPT_NUM("node_tokens", CFG_I64, CF(scale_node_tokens), 0, 130000000, 1,
+            INT64_C(1000000000000000)),
+    OPT_NUM("node_users", CFG_I64, CF(scale_node_users), 0, 25, 1, 100000000),
+    OPT_NUM("breakeven_gbp", CFG_MONEY, CF(scale_breakeven_pence), 0, 50000, 0,
+            INT64_C(100000000000)),
+};
+
 /* Order matters: rows are applied top to bottom (backends before models, tiers before
  * default_tier and tenants). */
 static const struct cfg_opt top_opts[] = {
@@ -1260,6 +1288,8 @@ static const struct cfg_opt top_opts[] = {
     OPT_SECTION("log", 0, log_opts),
     OPT_SECTION("health", 0, health_opts),
     OPT_SECTION("routing", 0, routing_opts),
+    OPT_SECTION("gpu", 0, gpu_opts),
+    OPT_SECTION("scale", 0, scale_opts),
 };
 #undef CF
 
@@ -1326,6 +1356,12 @@ static int finish(struct cfg_loader *ld, struct px_config *cfg)
         size_t n = strlen(cfg->data_dir) + sizeof("/usage.db");
         cfg->sqlite_path = px_malloc(n);
         snprintf(cfg->sqlite_path, n, "%s/usage.db", cfg->data_dir);
+    }
+    if ((cfg->gpu_source == PX_GPU_COMMAND && cfg->gpu_command == NULL) ||
+        (cfg->gpu_source == PX_GPU_FILE && cfg->gpu_file == NULL)) {
+        return cfg_fail(ld, 0, "gpu.source", "'%s' needs gpu.%s",
+                        cfg->gpu_source == PX_GPU_FILE ? "file" : "command",
+                        cfg->gpu_source == PX_GPU_FILE ? "file" : "command");
     }
     ensure_tiers(cfg);
     if (!ld->default_tier_given) {

@@ -16,6 +16,14 @@ enum px_protocol {
     PX_PROTO_OPENAI,     /* OpenAI-compatible, /v1/chat/completions (vLLM, Ollama /v1, ...) */
 };
 
+enum px_gpu_source {
+    PX_GPU_AUTO = 0, /* NVML when libnvidia-ml.so.1 loads, else command, else file, else none */
+    PX_GPU_NVML,     /* NVML only (figures unknown when the library is missing) */
+    PX_GPU_COMMAND,  /* gpu.command's output */
+    PX_GPU_FILE,     /* gpu.file's contents */
+    PX_GPU_NONE,     /* no GPU figures */
+};
+
 enum px_overage {
     PX_OVERAGE_BILL = 0, /* go on past the monthly allowance; rows are billed as overage */
     PX_OVERAGE_BLOCK,    /* 429 monthly_quota_exceeded at the allowance */
@@ -116,6 +124,25 @@ struct px_config {
     /* usage: */
     uint64_t usage_flush_ms; /* writer batch interval, default 100 */
     size_t usage_batch_max;  /* rows per transaction, default 1000 */
+    /* gpu: where GPU figures come from (docs/internals/metrics.md) */
+    int gpu_source;           /* gpu.source: enum px_gpu_source, default auto */
+    char *gpu_command;        /* gpu.command: shell command printing one line per GPU */
+    char *gpu_file;           /* gpu.file: a file in that format */
+    uint64_t gpu_interval_ms; /* gpu.interval_ms: sampling period, default 2000 */
+    uint64_t gpu_timeout_ms;  /* gpu.timeout_ms: a command running longer is killed, 5000 */
+    size_t gpu_history;       /* gpu.history: utilisation samples kept per GPU, default 150 */
+    /* scale: privax scale's thresholds and cost model (docs/internals/scale.md) */
+    int64_t scale_gpu_pct;         /* scale.gpu_util_pct: sustained GPU utilisation, 80 */
+    uint64_t scale_gpu_window_s;   /* scale.gpu_window_s: "sustained" means this long, 300 */
+    int64_t scale_queue_ms;        /* scale.queue_p95_ms: hourly p95 queue wait, 5000 */
+    int64_t scale_monthly_tokens;  /* scale.monthly_tokens: tokens this month, 100M */
+    int64_t scale_users;           /* scale.concurrent_users: peak distinct users, 25 */
+    int64_t scale_window_days;     /* scale.window_days: queue and users look back, 7 */
+    int64_t scale_regular_pct;     /* scale.regular_pct: share of active hours = "regularly" */
+    int64_t scale_node_cost_cents; /* scale.node_cost_usd: one node per month, $300 */
+    int64_t scale_node_tokens;     /* scale.node_tokens: one node's tokens per month, 130M */
+    int64_t scale_node_users;      /* scale.node_users: one node's concurrent users, 25 */
+    int64_t scale_breakeven_pence; /* scale.breakeven_gbp: revenue per node to break even, 500 */
 };
 
 /* Load and validate path. On success 0 and *out (free with px_config_free). On failure
