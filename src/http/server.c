@@ -350,7 +350,9 @@ static int conn_build_head(struct http_conn *c, int status, const char *ctype, l
     if (c->resp_hdrs.len) {
         rc |= buf_append(o, c->resp_hdrs.data, c->resp_hdrs.len);
     }
-    if (body_len >= 0) {
+    if (status == 204 || status == 304 || status < 200) {
+        /* These never carry a body, and RFC 9110 8.6 forbids Content-Length on 1xx and 204. */
+    } else if (body_len >= 0) {
         rc |= buf_printf(o, "Content-Length: %lld\r\n", body_len);
     } else if (c->chunked) {
         rc |= buf_append_str(o, "Transfer-Encoding: chunked\r\n");
