@@ -8,9 +8,7 @@
  *    the per-message framing; both adapters build a request that is a JSON object;
  *  - refused: root is NULL, status 400 or 404, type and code set, the message non-empty, and
  *    valid UTF-8 (it is sent inside JSON);
- *  - nothing leaks (cleanup on every path; LeakSanitizer checks).
- * Assertions that fail on product bugs already reported sit under PX_FUZZ_KNOWN_BUGS (on unless
- * -DPX_FUZZ_SKIP_KNOWN_BUGS), so a long run can be made past them; remove the switch once fixed. */
+ *  - nothing leaks (cleanup on every path; LeakSanitizer checks). */
 #include <jansson.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -20,12 +18,6 @@
 #include "core/util.h"
 #include "gateway/internal.h"
 #include "proxy/provider.h"
-
-#ifndef PX_FUZZ_SKIP_KNOWN_BUGS
-#define PX_FUZZ_KNOWN_BUGS 1
-#else
-#define PX_FUZZ_KNOWN_BUGS 0
-#endif
 
 int LLVMFuzzerTestOneInput(const uint8_t *d, size_t n);
 
@@ -83,9 +75,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *d, size_t n)
             !memchr(err.message, '\0', sizeof(err.message))) {
             abort();
         }
-        if (PX_FUZZ_KNOWN_BUGS && !px_utf8_valid(err.message, strlen(err.message))) {
-            /* Open: jansson's error text can cut a UTF-8 character. */
-            abort();
+        if (!px_utf8_valid(err.message, strlen(err.message))) {
+            abort(); /* jansson's error text can cut a character: corpus crash-json-error-* */
         }
         gw_chat_req_cleanup(&r); /* harmless after a refusal */
     }
