@@ -621,6 +621,30 @@ static int check_redis_url(struct cfg_loader *ld, char *s, const char *where, in
     return 0;
 }
 
+/* A ClickHouse database or user name: it is written into SQL and URLs unquoted. */
+static int check_sql_ident(struct cfg_loader *ld, char *s, const char *where, int line)
+{
+    for (const char *p = s; *p; p++) {
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || *p == '_' ||
+              (p != s && *p >= '0' && *p <= '9'))) {
+            return cfg_fail(ld, line, where, "must be letters, digits and _ (not first a digit)");
+        }
+    }
+    return 0;
+}
+
+/* An environment variable name; the value is read when the store is opened. */
+static int check_env_name(struct cfg_loader *ld, char *s, const char *where, int line)
+{
+    for (const char *p = s; *p; p++) {
+        if (!((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') || *p == '_' ||
+              (p != s && *p >= '0' && *p <= '9'))) {
+            return cfg_fail(ld, line, where, "must be an environment variable name");
+        }
+    }
+    return 0;
+}
+
 /* ---- auth.tokens ---- */
 
 static int token_source(struct cfg_loader *ld, const char *where, int line)
@@ -1189,8 +1213,18 @@ static int h_tenants(struct cfg_loader *ld, void *obj, struct fy_node *v, const 
 /* ---- sections holding scalars of struct px_config ---- */
 
 #define CF(f) offsetof(struct px_config, f)
+static const struct cfg_opt clickhouse_opts[] = {
+    OPT_STR("url", CF(ch_url), CFG_REQUIRED, 10, 1024, NULL, check_url),
+    OPT_STR("database", CF(ch_database), 0, 1, 64, "privax", check_sql_ident),
+    OPT_STR("user", CF(ch_user), 0, 1, 64, "default", check_sql_ident),
+    OPT_STR("password_env", CF(ch_password_env), 0, 1, 128, NULL, check_env_name),
+    OPT_NUM("timeout_ms", CFG_U64, CF(ch_timeout_ms), 0, 30000, 100, 600000),
+};
+
 static const struct cfg_opt store_opts[] = {
     OPT_STR("sqlite", CF(sqlite_path), 0, 1, 4096, NULL, NULL),
+    OPT_NUM("retention_months", CFG_INT, CF(retention_months), 0, 18, 1, 1200),
+    OPT_SECTION("clickhouse", 0, clickhouse_opts),
 };
 
 static const struct cfg_opt http_opts[] = {
@@ -1210,6 +1244,10 @@ static const struct cfg_opt timeout_opts[] = {
 static const struct cfg_opt usage_opts[] = {
     OPT_NUM("flush_ms", CFG_U64, CF(usage_flush_ms), 0, 100, 1, 60000),
     OPT_NUM("batch_max", CFG_SIZE, CF(usage_batch_max), 0, 1000, 1, 100000),
+    OPT_NUM("spool_fsync_ms", CFG_U64, CF(spool_fsync_ms), 0, 100, 1, 10000),
+    OPT_NUM("spool_max_bytes", CFG_U64, CF(spool_max_bytes), 0, 1073741824, 65536,
+            1099511627776),
+    OPT_NUM("memory_max_rows", CFG_SIZE, CF(usage_memory_max_rows), 0, 100000, 0, 10000000),
 };
 
 static const char *const redis_error_names[] = {"open", "closed", NULL};

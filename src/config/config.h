@@ -97,6 +97,12 @@ struct px_config {
     size_t ntenants;
 
     char *sqlite_path; /* store.sqlite, default <data_dir>/usage.db */
+    int retention_months; /* store.retention_months: months kept by privax migrate, default 18 */
+    char *ch_url;         /* store.clickhouse.url (http://host:port); NULL = SQLite store */
+    char *ch_database;    /* store.clickhouse.database, default "privax" */
+    char *ch_user;        /* store.clickhouse.user, default "default" */
+    char *ch_password_env;  /* store.clickhouse.password_env: env var with the password */
+    uint64_t ch_timeout_ms; /* store.clickhouse.timeout_ms: one HTTP request, default 30000 */
 
     /* http: */
     size_t header_max_bytes;       /* default 16384 */
@@ -124,6 +130,10 @@ struct px_config {
     /* usage: */
     uint64_t usage_flush_ms; /* writer batch interval, default 100 */
     size_t usage_batch_max;  /* rows per transaction, default 1000 */
+    uint64_t spool_fsync_ms;  /* usage.spool_fsync_ms: group commit interval, default 100 */
+    uint64_t spool_max_bytes; /* usage.spool_max_bytes: spool size cap, default 1 GiB */
+    size_t usage_memory_max_rows; /* usage.memory_max_rows: rows held in memory while the
+                                     spool is full, default 100000 */
     /* gpu: where GPU figures come from (docs/internals/metrics.md) */
     int gpu_source;           /* gpu.source: enum px_gpu_source, default auto */
     char *gpu_command;        /* gpu.command: shell command printing one line per GPU */
