@@ -587,7 +587,7 @@ static void test_id_lengths(void **state)
     identify(r129, &id, &err, -1);
     assert_int_equal(err.status, 400);
     assert_non_null(strstr(err.message, "X-Request-ID must be 1-128"));
-    /* The rejected request still gets an id to echo: a fresh one, not the bad value. */
+    /* The rejected request still has an id to echo: a fresh one, not the bad value. */
     assert_true(is_uuid4(id.request_id));
 
     /* 128 bytes of 4-byte characters is 32 characters: the limit is in bytes. */
