@@ -50,7 +50,53 @@ static void handle_health(struct gateway *gw, struct http_req *req)
         "oldest_wait_ms", (json_int_t)oldest, "backends", backends, "usage", "backlog",
         (json_int_t)usage_writer_backlog(gw->usage), "last_commit_unix_ms",
         (json_int_t)usage_writer_last_commit_ms(gw->usage));
+    json_object_set_new(j, "gpus", gpu_sampler_gpus_json(gw->gpu, gw->cfg));
+    json_object_set_new(j, "gpu", gpu_sampler_status_json(gw->gpu));
     send_json(req, 200, NULL, j);
+}
+
+/* GET /metrics: the Prometheus text exposition (src/metrics), no auth, like /health. */
+static void handle_metrics(struct gateway *gw, struct http_req *req)
+{
+    uint64_t now = px_mono_ms();
+    size_t nb = gw->cfg->nbackends;
+    struct metrics_backend *mb = px_calloc(nb ? nb : 1, sizeof(*mb));
+    for (size_t i = 0; i < nb; i++) {
+        mb[i].name = gw->backends[i].cfg->name;
+        mb[i].up = health_state(gw->health, i, now) == HEALTH_UP;
+        mb[i].inflight = gw->backends[i].inflight;
+        mb[i].max_concurrency = gw->backends[i].cfg->max_concurrency;
+    }
+    struct metrics_gauges g = {
+        .node_id = gw->cfg->node_id,
+        .uptime_s = (now - gw->started_ms) / 1000,
+        .inflight = gw->inflight,
+        .queue_length = gw->queue_len,
+        .queue_oldest_ms = gw_queue_oldest_ms(gw),
+        .backends = mb,
+        .nbackends = nb,
+        .usage_backlog = usage_writer_backlog(gw->usage),
+        .usage_last_commit_ms = usage_writer_last_commit_ms(gw->usage),
+        .limits_mode = lim_mode(gw->lim),
+        .gpu_source = gpu_sampler_source(gw->gpu),
+        .gpu_samples_ok = gpu_sampler_samples(gw->gpu, 1),
+        .gpu_samples_failed = gpu_sampler_samples(gw->gpu, 0),
+    };
+    g.ngpus = gpu_sampler_current(gw->gpu, &g.gpus);
+    struct buf b;
+    buf_init(&b, 16 * 1024 * 1024);
+    if (metrics_render(gw->metrics, &g, &b) == 0) {
+        http_resp_send(req, 200, "text/plain; version=0.0.4; charset=utf-8", b.data, b.len);
+    } else {
+        char rid[37];
+        struct gw_error err;
+        px_uuid4(rid);
+        gw_error_set(&err, 500, "server_error", "metrics_too_large",
+                     "the metrics text is larger than 16 MiB");
+        gw_send_error(req, rid, &err);
+    }
+    buf_cleanup(&b);
+    free(mb);
 }
 
 static void handle_models(struct gateway *gw, struct http_req *req)
@@ -80,6 +126,7 @@ static const struct {
     {HTTP_POST, "/v1/chat/completions", gw_chat_handle},
     {HTTP_GET, "/v1/models", handle_models},
     {HTTP_GET, "/health", handle_health},
+    {HTTP_GET, "/metrics", handle_metrics},
 };
 
 static void on_request(struct http_req *req, void *ud)
@@ -154,6 +201,8 @@ int gateway_start(struct gateway **out, uv_loop_t *loop, const struct px_config 
     gw->queue_timer.data = gw;
     uv_idle_init(loop, &gw->reap_idle);
     gw->reap_idle.data = gw;
+    gw->metrics = metrics_new(cfg);
+    gw->gpu = gpu_sampler_start(loop, cfg);
     *out = gw;
     return 0;
 fail_http:
@@ -183,6 +232,7 @@ void gateway_stop_accepting(struct gateway *gw)
 static void on_reap_closed(uv_handle_t *h)
 {
     struct gateway *gw = h->data;
+    metrics_free(gw->metrics);
     free(gw->backends);
     free(gw);
 }
@@ -203,6 +253,7 @@ void gateway_free(struct gateway *gw)
     http_server_free(gw->http);
     gw_chat_reap(&gw->reap_idle);
     health_free(gw->health); /* cancels its probes: before the client they run on */
+    gpu_sampler_stop(gw->gpu);
     upstream_client_free(gw->up);
     uv_timer_stop(&gw->queue_timer);
     uv_close((uv_handle_t *)&gw->queue_timer, on_queue_timer_closed);

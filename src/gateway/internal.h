@@ -9,9 +9,11 @@
 #include "config/config.h"
 #include "core/buf.h"
 #include "gateway/gateway.h"
+#include "gpu/gpu.h"
 #include "http/server.h"
 #include "http/sse.h"
 #include "limits/limits.h"
+#include "metrics/metrics.h"
 #include "proxy/provider.h"
 #include "proxy/upstream.h"
 #include "usage/event.h"
@@ -62,6 +64,8 @@ struct gateway {
     struct usage_writer *usage;
     struct limiter *lim;
     struct health *health;       /* backend health (passive + active probes) */
+    struct metrics *metrics;     /* /metrics counters, fed by gw_meter() */
+    struct gpu_sampler *gpu;     /* GPU figures for /health and /metrics */
     struct http_server *http;
     struct upstream_client *up;
     struct gw_backend *backends; /* cfg->nbackends entries */

@@ -17,6 +17,7 @@ void gw_meter(struct gateway *gw, struct usage_event *ev)
                (long long)ev->completion_tokens, ev->usage_estimated, (long long)ev->queue_ms,
                (long long)ev->ttft_ms, (long long)ev->latency_ms);
     }
+    metrics_observe(gw->metrics, ev);
     /* Last: from here on the writer thread owns ev. */
     usage_writer_push(gw->usage, ev);
 }

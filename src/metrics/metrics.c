@@ -405,7 +405,9 @@ static void render_gauges(struct out *o, const struct metrics_gauges *g)
     family(o, "privax_info", "gauge", "Always 1; the labels say which node and version.");
     put(o, "privax_info{");
     label(o, 1, "node_id", g->node_id ? g->node_id : "");
-    label(o, 0, "version", g->version ? g->version : "");
+    if (g->version != NULL) {
+        label(o, 0, "version", g->version);
+    }
     put(o, "} 1\n");
     family(o, "privax_uptime_seconds", "gauge", "Seconds since the gateway started.");
     putf(o, "privax_uptime_seconds %llu\n", (unsigned long long)g->uptime_s);
