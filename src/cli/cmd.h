@@ -8,6 +8,7 @@ int cli_cmd_serve(int argc, char **argv);
 int cli_cmd_sim(int argc, char **argv);
 int cli_cmd_usage(int argc, char **argv);
 int cli_cmd_config(int argc, char **argv);
+int cli_cmd_nodes(int argc, char **argv);
 
 #define PX_VERSION "0.1.0"
 

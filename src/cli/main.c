@@ -17,6 +17,7 @@ static const struct {
     {"sim", cli_cmd_sim, "sim [--listen ADDR] [flags]            run a simulated GPU node"},
     {"usage", cli_cmd_usage, "usage --config FILE [--tenant T] [--month YYYY-MM] [--json]"},
     {"config", cli_cmd_config, "config check FILE                      validate a config file"},
+    {"nodes", cli_cmd_nodes, "nodes check|nginx-conf --nodes FILE    check the nodes, render nginx"},
     {"version", cmd_version, "version                                print the version"},
     {"help", cmd_help, "help                                   this text"},
 };
