@@ -11,7 +11,9 @@
 void sse_parser_init(struct sse_parser *p, enum sse_mode mode, size_t event_max_bytes)
 {
     p->mode = mode;
-    buf_init(&p->line, mode == SSE_MODE_NDJSON ? event_max_bytes
+    p->event_max = event_max_bytes;
+    /* NDJSON: one more byte for the CR of a CRLF ending, checked again once it is stripped. */
+    buf_init(&p->line, mode == SSE_MODE_NDJSON ? event_max_bytes + 1
                                                : event_max_bytes + SSE_FIELD_SLACK);
     buf_init(&p->data, event_max_bytes);
     p->has_data = 0;
@@ -35,6 +37,9 @@ static int sse_line(struct sse_parser *p, const char *s, size_t n, sse_event_fn 
     if (p->mode == SSE_MODE_NDJSON) {
         if (n > 0 && s[n - 1] == '\r') {
             n--;
+        }
+        if (n > p->event_max) {
+            return PX_EOVERFLOW;
         }
         return n == 0 ? 0 : cb(ud, s, n);
     }

@@ -6,6 +6,7 @@
 #include <time.h>
 
 #include "core/err.h"
+#include "core/util.h"
 
 /* Counts above this are garbage, not usage: refuse rather than bill them. */
 #define PROVIDER_COUNT_MAX 1000000000000LL
@@ -73,7 +74,10 @@ void relay_finish(struct relay *r, int64_t prompt_estimate, struct buf *out)
 
 void relay_error_event(struct buf *out, const char *type, const char *code, const char *msg)
 {
-    json_t *ev = json_pack("{s:{s:s,s:s,s:s?}}", "error", "message", msg, "type", type, "code",
+    char m[512];
+    provider__copy_utf8(m, sizeof(m), msg, strlen(msg));
+    px_utf8_sanitize(m); /* an error event must never be dropped for bad bytes in its text */
+    json_t *ev = json_pack("{s:{s:s,s:s,s:s?}}", "error", "message", m, "type", type, "code",
                            code);
     provider__sse_json(out, ev);
 }

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "core/err.h"
+#include "core/util.h"
 #include "proxy/provider.h"
 
 /* OpenAI sampling fields and their Ollama option names. */
@@ -125,6 +126,7 @@ static enum relay_result ollama_stream_event(struct relay *r, const char *data, 
     if (!json_is_object(j)) {
         snprintf(r->error, sizeof(r->error), "malformed stream line from backend%s%s",
                  j ? "" : ": ", j ? "" : je.text);
+        px_utf8_sanitize(r->error); /* jansson quotes the raw bytes near a parse error */
         json_decref(j);
         return RELAY_ERROR;
     }
@@ -170,6 +172,7 @@ static int ollama_complete(struct relay *r, const char *body, size_t len, int64_
     if (!json_is_object(j) || !json_is_string(content)) {
         snprintf(r->error, sizeof(r->error), "malformed response from backend%s%s",
                  j ? "" : ": ", j ? "" : je.text);
+        px_utf8_sanitize(r->error);
         json_decref(j);
         return PX_EPARSE;
     }

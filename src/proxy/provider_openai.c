@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "core/err.h"
+#include "core/util.h"
 #include "proxy/provider.h"
 
 static int openai_build_request(json_t *req, const char *upstream_model, int stream,
@@ -41,6 +42,7 @@ static void set_error(struct relay *r, const char *what, const json_error_t *je)
     char m[sizeof(r->error) + 200];
     snprintf(m, sizeof(m), "%s%s%s", what, je ? ": " : "", je ? je->text : "");
     provider__copy_utf8(r->error, sizeof(r->error), m, strlen(m));
+    px_utf8_sanitize(r->error); /* jansson quotes the raw bytes near a parse error */
 }
 
 static enum relay_result openai_stream_event(struct relay *r, const char *data, size_t len,

@@ -14,8 +14,6 @@
  *  - complete() either fails with PX_EPARSE and a message, or writes a JSON object whose usage
  *    matches r->usage when privax wrote it;
  *  - provider_error_message always NUL-terminates within cap, and its text is valid UTF-8.
- * Assertions that fail on product bugs already reported sit under PX_FUZZ_KNOWN_BUGS (on unless
- * -DPX_FUZZ_SKIP_KNOWN_BUGS), so a long run can be made past them; remove the switch once fixed.
  * Everything is freed on every path, so LeakSanitizer sees any leak. */
 #include <jansson.h>
 #include <stdint.h>
@@ -27,12 +25,6 @@
 #include "core/util.h"
 #include "http/sse.h"
 #include "proxy/provider.h"
-
-#ifndef PX_FUZZ_SKIP_KNOWN_BUGS
-#define PX_FUZZ_KNOWN_BUGS 1
-#else
-#define PX_FUZZ_KNOWN_BUGS 0
-#endif
 
 int LLVMFuzzerTestOneInput(const uint8_t *d, size_t n);
 
@@ -132,9 +124,9 @@ static void stream(const struct provider_ops *ops, int rewrite, const char *data
     if (res == RELAY_ERROR) {
         size_t before = out.len;
         relay_error_event(&out, "server_error", "upstream_error", r.error);
-        if (PX_FUZZ_KNOWN_BUGS && out.len == before) {
-            /* The client would not be told why the stream ended. Open: jansson's error text
-             * can cut a UTF-8 character (corpus file crash-json-error-text-utf8). */
+        if (out.len == before) {
+            /* The client would not be told why the stream ended (once: jansson's error text
+             * cut a UTF-8 character; corpus file crash-json-error-text-utf8). */
             abort();
         }
     } else {
