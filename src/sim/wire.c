@@ -29,10 +29,15 @@ int sim_wire_json(struct buf *out, json_t *v)
 void sim_wire_time(char *out, size_t cap, int64_t unix_us)
 {
     time_t s = (time_t)(unix_us / 1000000);
+    unsigned int frac = (unsigned int)(unix_us % 1000000);
     struct tm tm;
     gmtime_r(&s, &tm);
-    snprintf(out, cap, "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ", tm.tm_year + 1900, tm.tm_mon + 1,
-             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(unix_us % 1000000));
+    size_t n = strftime(out, cap, "%Y-%m-%dT%H:%M:%S", &tm);
+    char tail[16];
+    snprintf(tail, sizeof(tail), ".%06uZ", frac % 1000000u);
+    if (n > 0 && n + strlen(tail) < cap) {
+        memcpy(out + n, tail, strlen(tail) + 1);
+    }
 }
 
 static void now_time(char *out, size_t cap)
