@@ -171,12 +171,25 @@ static int node_line(struct fy_node *n, int fallback)
 /* Join a key path: "a" + "b" -> "a.b", "" + "b" -> "b". Truncates rather than fails. */
 static void where_join(char *out, size_t cap, const char *where, const char *key)
 {
-    snprintf(out, cap, "%s%s%s", where, where[0] ? "." : "", key);
+    /* Truncates: a long path in a message is cut, nothing else. */
+    size_t n = 0;
+    for (const char *p = where; *p && n + 1 < cap; p++) {
+        out[n++] = *p;
+    }
+    if (where[0] && n + 1 < cap) {
+        out[n++] = '.';
+    }
+    for (const char *p = key; *p && n + 1 < cap; p++) {
+        out[n++] = *p;
+    }
+    out[n] = '\0';
 }
 
 static void where_index(char *out, size_t cap, const char *where, size_t i)
 {
-    snprintf(out, cap, "%s[%zu]", where, i);
+    if (snprintf(out, cap, "%s[%zu]", where, i) >= (int)cap) {
+        return; /* truncated, as above */
+    }
 }
 
 /* Reject aliases and tags anywhere a value is read, so every value is plain data. */
@@ -196,6 +209,8 @@ static int check_plain_node(struct cfg_loader *ld, struct fy_node *v, const char
 static int get_scalar(struct cfg_loader *ld, struct fy_node *v, const char *where, int line,
                       const char *what, const char **s, size_t *len)
 {
+    *s = "";
+    *len = 0;
     if (v == NULL) {
         return cfg_fail(ld, line, where, "missing value (expected %s)", what);
     }

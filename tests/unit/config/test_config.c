@@ -20,7 +20,9 @@ static char root[1024];
 
 static void path_of(char *out, size_t cap, const char *rel)
 {
-    snprintf(out, cap, "%s/%s", root, rel);
+    if (snprintf(out, cap, "%s/%s", root, rel) >= (int)cap) {
+        fail_msg("path too long: %s/%s", root, rel);
+    }
 }
 
 static const struct {

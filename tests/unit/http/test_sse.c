@@ -197,7 +197,9 @@ static const struct {
 static char *slurp(const char *rel, size_t *n)
 {
     char path[1200];
-    snprintf(path, sizeof(path), "%s/tests/data/sse/%s", root, rel);
+    if (snprintf(path, sizeof(path), "%s/tests/data/sse/%s", root, rel) >= (int)sizeof(path)) {
+        fail_msg("path too long: %s", rel);
+    }
     FILE *f = fopen(path, "rb");
     if (!f) {
         print_error("cannot open %s\n", path);
