@@ -24,6 +24,22 @@
 
 #define HOUR_MS INT64_C(3600000)
 
+void scale_config_defaults(struct px_config *cfg)
+{
+    /* The same values as scale_opts[] in src/config/config.c (a unit test compares them). */
+    cfg->scale_gpu_pct = 80;
+    cfg->scale_gpu_window_s = 300;
+    cfg->scale_queue_ms = 5000;
+    cfg->scale_monthly_tokens = 100000000;
+    cfg->scale_users = 25;
+    cfg->scale_window_days = 7;
+    cfg->scale_regular_pct = 10;
+    cfg->scale_node_cost_cents = 30000;
+    cfg->scale_node_tokens = 130000000;
+    cfg->scale_node_users = 25;
+    cfg->scale_breakeven_pence = 50000;
+}
+
 /* ------------------------------------------------------------------------------------------
  * GPU */
 

@@ -23,6 +23,10 @@
 
 #include "config/config.h"
 
+/* Set cfg's scale.* fields to their defaults (the config table's), for a run without
+ * --config. Nothing else in cfg is touched. */
+void scale_config_defaults(struct px_config *cfg);
+
 /* ------------------------------------------------------------------------------------------
  * GPU: one utilisation history */
 
