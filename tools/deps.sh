@@ -9,8 +9,8 @@ PKGS=(
   cmake ninja-build pkg-config clang libclang-rt-14-dev
   libuv1-dev libcurl4-openssl-dev libjansson-dev libhttp-parser-dev libcyaml-dev libfyaml-dev
   libsqlite3-dev libssl-dev libhiredis-dev libcmocka-dev
-  # test and run
-  sqlite3 valgrind curl netcat-openbsd nodejs npm
+  # test and run (python3: tests/run and the integration suite, standard library only)
+  python3 sqlite3 valgrind curl netcat-openbsd nodejs npm
   clickhouse-server clickhouse-client nginx redis-server
   # load tools
   wrk nghttp2-client hyperfine
@@ -19,6 +19,9 @@ PKGS=(
 missing=()
 for p in "${PKGS[@]}"; do
   case "$p" in
+    python3)
+      if command -v python3 >/dev/null 2>&1; then continue; fi
+      ;;
     nodejs|npm)
       # Node may come from NodeSource (its nodejs bundles npm, and Debian's npm package would
       # conflict with it): a working binary is enough.
@@ -56,6 +59,16 @@ fi
 
 echo "deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
+
+# Service packages (nginx, redis, clickhouse) must not start system-wide daemons: the tests start
+# their own on free ports. Where no policy-rc.d exists, add one for the install and remove it after.
+POLICY=/usr/sbin/policy-rc.d
+if [ ! -e "$POLICY" ]; then
+  printf '#!/bin/sh\n# added by privax tools/deps.sh for one apt-get install\nexit 101\n' | $SUDO tee "$POLICY" >/dev/null
+  $SUDO chmod 755 "$POLICY"
+  trap '$SUDO rm -f "$POLICY"' EXIT
+fi
+
 $SUDO apt-get update -q
 $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
 node_check
