@@ -141,6 +141,15 @@ def to_yaml(obj, indent=0):
     return "\n".join(out)
 
 
+def proc_starttime(pid):
+    """Field 22 of /proc/PID/stat (clock ticks after boot), or "-" if unknown."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return "-"
+
+
 def _pdeathsig():
     """In the child before exec: die with the parent (the runner) instead of leaking."""
     try:
@@ -408,8 +417,10 @@ class Child:
         self.pid = self.popen.pid
         pidfile = os.environ.get("PX_CHILD_PIDS")
         if pidfile:
+            # "pid starttime name": the start time (field 22 of /proc/PID/stat) lets tests/run
+            # kill exactly this process later, never a newer one that reused the pid.
             with contextlib.suppress(OSError), open(pidfile, "a") as f:
-                f.write("%d %s\n" % (self.pid, os.path.basename(argv[0])))
+                f.write("%d %s %s\n" % (self.pid, proc_starttime(self.pid), os.path.basename(argv[0])))
         self._watchdog = threading.Timer(max_life or T(600), self._watchdog_kill)
         self._watchdog.daemon = True
         self._watchdog.start()
