@@ -169,9 +169,12 @@ int cli_cmd_serve(int argc, char **argv)
         goto fail_limits;
     }
     struct usage_writer *w = NULL;
-    if (usage_writer_start(&w, st, cfg->usage_flush_ms, cfg->usage_batch_max) != 0) {
-        fprintf(stderr, "privax serve: cannot start the usage writer\n");
-        rc = EX_OSERR;
+    char spool_dir[4200];
+    struct usage_writer_opts wo;
+    usage_writer_opts_from_config(&wo, cfg, spool_dir, sizeof(spool_dir));
+    if (usage_writer_start(&w, st, &wo, err, sizeof(err)) != 0) {
+        fprintf(stderr, "privax serve: cannot start the usage writer: %s\n", err);
+        rc = EX_CANTCREAT;
         goto fail_writer;
     }
     if (gateway_start(&s.gw, &s.loop, cfg, w, s.lim) != 0) {

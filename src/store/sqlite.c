@@ -35,10 +35,12 @@
 #define SQLITE_ROWS_MAX        100000 /* tenants returned by one usage query */
 
 struct store_sqlite {
-    struct store base; /* must be first: a struct store * is a struct store_sqlite * */
-    sqlite3 *db;       /* the connection; used by one thread at a time */
-    sqlite3_stmt *ins; /* prepared INSERT OR IGNORE, reused for every row */
-    char errmsg[256];  /* last failure, for store_errmsg() */
+    struct store base;   /* must be first: a struct store * is a struct store_sqlite * */
+    sqlite3 *db;         /* the connection; used by one thread at a time */
+    sqlite3_stmt *ins;   /* prepared INSERT OR IGNORE, reused for every row */
+    char errmsg[256];    /* last failure, for store_errmsg() */
+    int version_at_open; /* schema version the file had when opened (0: new) */
+    int steps_applied;   /* migration steps applied by this open */
 };
 
 static const struct {
@@ -76,31 +78,90 @@ static const struct {
         ");"
         "CREATE INDEX llm_requests_tenant_time ON llm_requests (tenant_id, event_time);"
         "CREATE INDEX llm_requests_time ON llm_requests (event_time);"},
+    /* v2: a row's identity is its spool record (spool_id, spool_seq), not request_id, which
+     * the client chooses: two requests that reuse one X-Request-ID are two billable rows.
+     * SQLite cannot drop a UNIQUE constraint, so the table is rebuilt. Rows from v1 keep
+     * spool_seq = 0 (outside the unique index). */
+    {2, "CREATE TABLE llm_requests_v2 ("
+        " id INTEGER PRIMARY KEY,"
+        " event_time INTEGER NOT NULL,"
+        " request_id TEXT NOT NULL,"
+        " tenant_id TEXT NOT NULL,"
+        " user_id TEXT NOT NULL DEFAULT '',"
+        " api_key_id TEXT NOT NULL DEFAULT '',"
+        " plan_tier TEXT NOT NULL DEFAULT '',"
+        " model_name TEXT NOT NULL DEFAULT '',"
+        " provider TEXT NOT NULL DEFAULT '',"
+        " backend TEXT NOT NULL DEFAULT '',"
+        " request_type TEXT NOT NULL DEFAULT '',"
+        " stream INTEGER NOT NULL DEFAULT 0,"
+        " prompt_tokens INTEGER NOT NULL DEFAULT 0,"
+        " completion_tokens INTEGER NOT NULL DEFAULT 0,"
+        " total_tokens INTEGER NOT NULL DEFAULT 0,"
+        " usage_estimated INTEGER NOT NULL DEFAULT 0,"
+        " queue_ms INTEGER NOT NULL DEFAULT 0,"
+        " ttft_ms INTEGER NOT NULL DEFAULT -1,"
+        " latency_ms INTEGER NOT NULL DEFAULT 0,"
+        " status_code INTEGER NOT NULL DEFAULT 0,"
+        " success INTEGER NOT NULL DEFAULT 0,"
+        " error_code TEXT NOT NULL DEFAULT '',"
+        " input_chars INTEGER NOT NULL DEFAULT 0,"
+        " output_chars INTEGER NOT NULL DEFAULT 0,"
+        " gpu_id INTEGER NOT NULL DEFAULT -1,"
+        " node_id TEXT NOT NULL DEFAULT '',"
+        " overage INTEGER NOT NULL DEFAULT 0,"
+        " spool_id INTEGER NOT NULL DEFAULT 0,"
+        " spool_seq INTEGER NOT NULL DEFAULT 0"
+        ");"
+        "INSERT INTO llm_requests_v2 SELECT *, 0, 0 FROM llm_requests;"
+        "DROP TABLE llm_requests;"
+        "ALTER TABLE llm_requests_v2 RENAME TO llm_requests;"
+        "CREATE INDEX llm_requests_tenant_time ON llm_requests (tenant_id, event_time);"
+        "CREATE INDEX llm_requests_time ON llm_requests (event_time);"
+        "CREATE INDEX llm_requests_request_id ON llm_requests (request_id);"
+        "CREATE UNIQUE INDEX llm_requests_spool ON llm_requests (spool_id, spool_seq)"
+        " WHERE spool_seq != 0;"},
 };
+
+#define SQLITE_SCHEMA_VERSION 2 /* the last step of migrations[] */
 
 static const char insert_sql[] =
     "INSERT OR IGNORE INTO llm_requests (event_time, request_id, tenant_id, user_id, api_key_id,"
     " plan_tier, model_name, provider, backend, request_type, stream, prompt_tokens,"
     " completion_tokens, total_tokens, usage_estimated, queue_ms, ttft_ms, latency_ms,"
-    " status_code, success, error_code, input_chars, output_chars, gpu_id, node_id, overage)"
+    " status_code, success, error_code, input_chars, output_chars, gpu_id, node_id, overage,"
+    " spool_id, spool_seq)"
     " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,"
-    " ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)";
+    " ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28)";
+
+/* The grouping expressions, by enum store_group. */
+static const char *const group_expr[] = {
+    [STORE_BY_TENANT] = "tenant_id",
+    [STORE_BY_NODE] = "node_id",
+    [STORE_BY_MODEL] = "model_name",
+    [STORE_BY_DAY] = "strftime('%Y-%m-%d', event_time / 1000, 'unixepoch')",
+};
 
 /* ?3 NULL selects every tenant. plan_tier is the tier of the tenant's latest row in the
- * period (a tenant may have changed plan mid-month; the latest is what it pays now). */
-static const char agg_sql[] =
-    "SELECT r.tenant_id, COUNT(*), SUM(r.prompt_tokens), SUM(r.completion_tokens),"
-    " SUM(r.total_tokens), SUM(r.success = 0), AVG(r.latency_ms),"
-    " SUM(CASE WHEN r.overage != 0 THEN r.total_tokens ELSE 0 END),"
-    " (SELECT t.plan_tier FROM llm_requests t WHERE t.tenant_id = r.tenant_id"
-    "   AND t.event_time >= ?1 AND t.event_time < ?2 ORDER BY t.event_time DESC, t.id DESC"
-    "   LIMIT 1)"
-    " FROM llm_requests r WHERE r.event_time >= ?1 AND r.event_time < ?2"
-    " AND (?3 IS NULL OR r.tenant_id = ?3) GROUP BY r.tenant_id ORDER BY r.tenant_id";
+ * period (a tenant may have changed plan mid-month; the latest is what it pays now); rows in
+ * the same millisecond are broken by the greater tier name, as ClickHouse's argMax over
+ * (time, tier) does, so both stores give one answer. %s is the grouping expression. */
+static const char agg_fmt[] =
+    "SELECT %s AS k, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens),"
+    " SUM(total_tokens), SUM(success = 0), AVG(latency_ms),"
+    " SUM(CASE WHEN overage != 0 THEN total_tokens ELSE 0 END),"
+    " %s"
+    " FROM llm_requests r WHERE event_time >= ?1 AND event_time < ?2"
+    " AND (?3 IS NULL OR tenant_id = ?3) GROUP BY k ORDER BY k";
 
-static const char lat_sql[] =
-    "SELECT tenant_id, latency_ms FROM llm_requests WHERE event_time >= ?1 AND event_time < ?2"
-    " AND (?3 IS NULL OR tenant_id = ?3) ORDER BY tenant_id, latency_ms";
+static const char tier_sub[] =
+    "(SELECT t.plan_tier FROM llm_requests t WHERE t.tenant_id = r.tenant_id"
+    "   AND t.event_time >= ?1 AND t.event_time < ?2"
+    "   ORDER BY t.event_time DESC, t.plan_tier DESC LIMIT 1)";
+
+static const char lat_fmt[] =
+    "SELECT %s AS k, latency_ms FROM llm_requests WHERE event_time >= ?1 AND event_time < ?2"
+    " AND (?3 IS NULL OR tenant_id = ?3) ORDER BY k, latency_ms";
 
 static int sq_fail(struct store_sqlite *s, const char *what)
 {
@@ -176,7 +237,11 @@ static int sq_migrate(struct store_sqlite *s)
         have = sqlite3_step(st) == SQLITE_ROW;
         sqlite3_finalize(st);
         st = NULL;
+        if (have && (int)migrations[i].version > s->version_at_open) {
+            s->version_at_open = migrations[i].version;
+        }
         if (!have) {
+            s->steps_applied++;
             char rec[128];
             snprintf(rec, sizeof(rec),
                      "INSERT INTO schema_migrations (version, applied_at) VALUES (%d, %lld)",
@@ -276,6 +341,8 @@ static int bind_row(sqlite3_stmt *st, const struct usage_event *e)
     rc |= sqlite3_bind_int(st, 24, e->gpu_id);
     rc |= sqlite3_bind_text(st, 25, e->node_id, -1, SQLITE_STATIC);
     rc |= sqlite3_bind_int(st, 26, e->overage);
+    rc |= sqlite3_bind_int64(st, 27, (int64_t)e->spool_id);
+    rc |= sqlite3_bind_int64(st, 28, (int64_t)e->spool_seq);
     return rc == SQLITE_OK ? 0 : PX_ESTORE;
 }
 
@@ -329,22 +396,24 @@ static void copy_text(char *dst, size_t cap, const unsigned char *src)
     snprintf(dst, cap, "%s", src ? (const char *)src : "");
 }
 
-/* Fill p95_latency_ms of rows[] (ordered by tenant_id) from the ordered latencies. */
+/* Fill p95_latency_ms of rows[] (ordered by key) from the ordered latencies. */
 static int sq_p95(struct store_sqlite *s, const struct store_usage_query *q,
                   struct store_usage_row *rows, size_t nrows)
 {
     sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(s->db, lat_sql, -1, &st, NULL) != SQLITE_OK) {
+    char sql[512];
+    snprintf(sql, sizeof(sql), lat_fmt, group_expr[q->by]);
+    if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK) {
         return sq_fail(s, "prepare latency query");
     }
     bind_query(st, q);
-    size_t r = 0;    /* current tenant in rows[] */
-    int64_t pos = 0; /* 0-based rank within that tenant */
+    size_t r = 0;    /* current group in rows[] */
+    int64_t pos = 0; /* 0-based rank within that group */
     int rc;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        const char *tenant = (const char *)sqlite3_column_text(st, 0);
-        tenant = tenant ? tenant : "";
-        while (r < nrows && strcmp(rows[r].tenant_id, tenant) != 0) {
+        const char *key = (const char *)sqlite3_column_text(st, 0);
+        key = key ? key : "";
+        while (r < nrows && strcmp(rows[r].key, key) != 0) {
             r++;
             pos = 0;
         }
@@ -365,30 +434,38 @@ static int sq_p95(struct store_sqlite *s, const struct store_usage_query *q,
     return 0;
 }
 
-static int sq_usage(struct store *stp, const struct store_usage_query *q,
-                    struct store_usage_row **out, size_t *nout)
+/* The aggregate query, then (with_p95) the latency ranks, in one read transaction so both see
+ * the same snapshot of the WAL. */
+static int sq_aggregate(struct store *stp, const struct store_usage_query *q, int with_p95,
+                        struct store_usage_row **out, size_t *nout)
 {
     struct store_sqlite *s = (struct store_sqlite *)stp;
     sqlite3_stmt *st = NULL;
     struct store_usage_row *rows = NULL;
     size_t n = 0;
     size_t cap = 0;
+    char sql[1024];
     int rc;
 
     *out = NULL;
     *nout = 0;
-    /* One read transaction: both queries see the same snapshot of the WAL. */
+    if ((unsigned)q->by > STORE_BY_DAY) {
+        snprintf(s->errmsg, sizeof(s->errmsg), "unknown grouping %d", (int)q->by);
+        return PX_ESTORE;
+    }
+    snprintf(sql, sizeof(sql), agg_fmt, group_expr[q->by],
+             q->by == STORE_BY_TENANT ? tier_sub : "''");
     if ((rc = sq_exec(s, "BEGIN", "begin read")) < 0) {
         return rc;
     }
-    if (sqlite3_prepare_v2(s->db, agg_sql, -1, &st, NULL) != SQLITE_OK) {
+    if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK) {
         rc = sq_fail(s, "prepare usage query");
         goto done;
     }
     bind_query(st, q);
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         if (n == SQLITE_ROWS_MAX) {
-            snprintf(s->errmsg, sizeof(s->errmsg), "more than %d tenants", SQLITE_ROWS_MAX);
+            snprintf(s->errmsg, sizeof(s->errmsg), "more than %d groups", SQLITE_ROWS_MAX);
             rc = PX_EOVERFLOW;
             goto done;
         }
@@ -398,13 +475,18 @@ static int sq_usage(struct store *stp, const struct store_usage_query *q,
         }
         struct store_usage_row *r = &rows[n++];
         memset(r, 0, sizeof(*r));
-        copy_text(r->tenant_id, sizeof(r->tenant_id), sqlite3_column_text(st, 0));
+        copy_text(r->key, sizeof(r->key), sqlite3_column_text(st, 0));
+        if (q->by == STORE_BY_TENANT) {
+            copy_text(r->tenant_id, sizeof(r->tenant_id), sqlite3_column_text(st, 0));
+        } else if (q->tenant_id != NULL) {
+            snprintf(r->tenant_id, sizeof(r->tenant_id), "%s", q->tenant_id);
+        }
         r->requests = sqlite3_column_int64(st, 1);
         r->prompt_tokens = sqlite3_column_int64(st, 2);
         r->completion_tokens = sqlite3_column_int64(st, 3);
         r->total_tokens = sqlite3_column_int64(st, 4);
         r->errors = sqlite3_column_int64(st, 5);
-        r->avg_latency_ms = sqlite3_column_double(st, 6);
+        r->avg_latency_ms = with_p95 ? sqlite3_column_double(st, 6) : 0;
         r->overage_tokens = sqlite3_column_int64(st, 7);
         copy_text(r->plan_tier, sizeof(r->plan_tier), sqlite3_column_text(st, 8));
     }
@@ -412,7 +494,7 @@ static int sq_usage(struct store *stp, const struct store_usage_query *q,
         rc = sq_fail(s, "usage query");
         goto done;
     }
-    if ((rc = sq_p95(s, q, rows, n)) < 0) {
+    if (with_p95 && (rc = sq_p95(s, q, rows, n)) < 0) {
         goto done;
     }
     *out = rows;
@@ -426,6 +508,62 @@ done:
     return rc;
 }
 
+static int sq_usage(struct store *stp, const struct store_usage_query *q,
+                    struct store_usage_row **out, size_t *nout)
+{
+    return sq_aggregate(stp, q, 1, out, nout);
+}
+
+/* SQLite has no aggregate tables: totals come from the raw rows, like usage. */
+static int sq_totals(struct store *stp, const struct store_usage_query *q,
+                     struct store_usage_row **out, size_t *nout)
+{
+    return sq_aggregate(stp, q, 0, out, nout);
+}
+
+/* Reports only: read-only, no schema change, so a report never takes the write lock. */
+static int sq_open_reader(struct store **out, const struct px_config *cfg, char *err, size_t errcap)
+{
+    const char *path = cfg->sqlite_path;
+    struct store_sqlite *s = px_calloc(1, sizeof(*s));
+    *out = NULL;
+    s->base.ops = &store_sqlite_ops;
+    if (sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READONLY | SQLITE_OPEN_FULLMUTEX, NULL) !=
+        SQLITE_OK) {
+        snprintf(err, errcap, "%s: %s", path, s->db ? sqlite3_errmsg(s->db) : "out of memory");
+        sq_close(&s->base);
+        return PX_ESTORE;
+    }
+    sqlite3_busy_timeout(s->db, SQLITE_BUSY_TIMEOUT_MS);
+    *out = &s->base;
+    return 0;
+}
+
+/* The schema is migrated by open; this reports the version and applies retention. */
+static int sq_migrate_op(struct store *stp, const struct px_config *cfg,
+                         struct store_migrate_result *res)
+{
+    struct store_sqlite *s = (struct store_sqlite *)stp;
+    sqlite3_stmt *st = NULL;
+    memset(res, 0, sizeof(*res));
+    res->version_before = s->version_at_open;
+    res->version_after = SQLITE_SCHEMA_VERSION;
+    res->statements = s->steps_applied;
+    res->retention_cut_ms = store_month_start_ms(px_now_ms(), cfg->retention_months);
+    if (sqlite3_prepare_v2(s->db, "DELETE FROM llm_requests WHERE event_time < ?1", -1, &st,
+                           NULL) != SQLITE_OK) {
+        return sq_fail(s, "prepare retention");
+    }
+    sqlite3_bind_int64(st, 1, res->retention_cut_ms);
+    int rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE) {
+        return sq_fail(s, "retention");
+    }
+    res->removed = sqlite3_changes64(s->db);
+    return 0;
+}
+
 static const char *sq_errmsg(struct store *st)
 {
     return ((struct store_sqlite *)st)->errmsg;
@@ -434,8 +572,12 @@ static const char *sq_errmsg(struct store *st)
 const struct store_ops store_sqlite_ops = {
     .name = "sqlite",
     .open = sq_open,
+    .open_reader = sq_open_reader,
     .insert = sq_insert,
+    .landed = NULL, /* INSERT OR IGNORE on the spool identity: re-sending is harmless */
     .usage = sq_usage,
+    .totals = sq_totals,
+    .migrate = sq_migrate_op,
     .close = sq_close,
     .errmsg = sq_errmsg,
 };

@@ -1,9 +1,85 @@
-/* Choosing the store backend from the config. Only SQLite exists today; ClickHouse (shared
- * by every node) will be a second ops struct selected here by a store.clickhouse key. */
+/* Choosing the store backend from the config, and helpers shared by the backends. SQLite is
+ * the default; a store.clickhouse section selects the shared ClickHouse store. */
 #include "store/store.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/err.h"
+#include "core/util.h"
+
+/* Ranges of the llm_requests columns (ClickHouse types in parentheses). */
+#define RANGE_TIME_MS_MAX 4294967295999LL    /* DateTime is u32 seconds; + ms in the second */
+#define RANGE_COUNT_MAX   1000000000000000LL /* tokens and chars (UInt64, kept < 2^53) */
+#define RANGE_U32_MAX     4294967295LL       /* queue_ms, latency_ms (UInt32) */
+#define RANGE_I32_MAX     2147483647LL       /* ttft_ms (Int32, -1 = none) */
+
+#define CHECK_STR_FIELDS(X)                                                                        \
+    X(request_id)                                                                                  \
+    X(tenant_id) X(user_id) X(api_key_id) X(plan_tier) X(model_name) X(provider) X(backend)        \
+        X(request_type) X(error_code) X(node_id)
 
 const struct store_ops *store_ops_for(const struct px_config *cfg)
 {
-    (void)cfg;
-    return &store_sqlite_ops;
+    return cfg->ch_url != NULL ? &store_clickhouse_ops : &store_sqlite_ops;
+}
+
+int store_open_reader(const struct px_config *cfg, struct store **out, char *err, size_t errcap)
+{
+    const struct store_ops *ops = store_ops_for(cfg);
+    return ops->open_reader ? ops->open_reader(out, cfg, err, errcap)
+                            : ops->open(out, cfg, err, errcap);
+}
+
+int64_t store_month_start_ms(int64_t now_ms, int months_back)
+{
+    time_t t = (time_t)(now_ms / 1000);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    /* Months counted from January 1970 avoid any calendar arithmetic on struct tm fields. */
+    int64_t m = (int64_t)(tm.tm_year - 70) * 12 + tm.tm_mon - months_back;
+    if (m < 0) {
+        m = 0;
+    }
+    struct tm a = {.tm_year = (int)(m / 12) + 70, .tm_mon = (int)(m % 12), .tm_mday = 1};
+    return (int64_t)timegm(&a) * 1000;
+}
+
+static int fail(char *why, size_t whycap, const char *field, long long v)
+{
+    snprintf(why, whycap, "%s out of range: %lld", field, v);
+    return PX_EPARSE;
+}
+
+int store_row_check(const struct usage_event *ev, char *why, size_t whycap)
+{
+#define CHECK_STR(f)                                                                               \
+    if (memchr(ev->f, '\0', sizeof(ev->f)) == NULL || !px_utf8_valid(ev->f, strlen(ev->f))) {      \
+        snprintf(why, whycap, "%s is not NUL-terminated UTF-8", #f);                               \
+        return PX_EPARSE;                                                                          \
+    }
+    CHECK_STR_FIELDS(CHECK_STR)
+#undef CHECK_STR
+#define CHECK_RANGE(f, lo, hi)                                                                     \
+    if ((long long)ev->f < (long long)(lo) || (long long)ev->f > (long long)(hi)) {                \
+        return fail(why, whycap, #f, (long long)ev->f);                                            \
+    }
+    CHECK_RANGE(event_time_ms, 0, RANGE_TIME_MS_MAX)
+    CHECK_RANGE(prompt_tokens, 0, RANGE_COUNT_MAX)
+    CHECK_RANGE(completion_tokens, 0, RANGE_COUNT_MAX)
+    CHECK_RANGE(total_tokens, 0, RANGE_COUNT_MAX)
+    CHECK_RANGE(input_chars, 0, RANGE_COUNT_MAX)
+    CHECK_RANGE(output_chars, 0, RANGE_COUNT_MAX)
+    CHECK_RANGE(queue_ms, 0, RANGE_U32_MAX)
+    CHECK_RANGE(latency_ms, 0, RANGE_U32_MAX)
+    CHECK_RANGE(ttft_ms, -1, RANGE_I32_MAX)
+    CHECK_RANGE(status_code, 0, 999)
+    CHECK_RANGE(gpu_id, -1, 32767)
+    CHECK_RANGE(stream, 0, 1)
+    CHECK_RANGE(success, 0, 1)
+    CHECK_RANGE(usage_estimated, 0, 1)
+    CHECK_RANGE(overage, 0, 1)
+#undef CHECK_RANGE
+    return 0;
 }

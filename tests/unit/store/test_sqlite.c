@@ -110,7 +110,7 @@ static void test_schema(void **state)
         sqlite3_prepare_v2(db, "SELECT MAX(version) FROM schema_migrations", -1, &st, NULL),
         SQLITE_OK);
     assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-    assert_int_equal(sqlite3_column_int(st, 0), 1);
+    assert_int_equal(sqlite3_column_int(st, 0), 2);
     sqlite3_finalize(st);
     /* Every PRODUCT.md column exists. */
     static const char *const cols[] = {
@@ -143,11 +143,19 @@ static void test_insert_idempotent(void **state)
         mk("r2", "acme", "pro", 1001, 10, 5, 100, 1),
         mk("r3", "beta", "starter", 1002, 1, 1, 10, 0),
     };
+    for (size_t i = 0; i < 3; i++) {
+        rows[i]->spool_id = 77;
+        rows[i]->spool_seq = i + 1;
+    }
     assert_int_equal(store_insert(f->st, rows, 3), 0);
     /* The same batch again (a retry after an ambiguous failure) adds nothing. */
     assert_int_equal(store_insert(f->st, rows, 3), 0);
     assert_int_equal(count_rows(f->path), 3);
     assert_int_equal(store_insert(f->st, rows, 0), 0);
+    /* A second request that reuses a request id is a second row (another spool record). */
+    rows[0]->spool_seq = 4;
+    assert_int_equal(store_insert(f->st, rows, 1), 0);
+    assert_int_equal(count_rows(f->path), 4);
     for (size_t i = 0; i < 3; i++) {
         free(rows[i]);
     }
@@ -261,7 +269,16 @@ static void test_writer_end_to_end(void **state)
 {
     struct fixture *f = *state;
     struct usage_writer *w;
-    assert_int_equal(usage_writer_start(&w, f->st, 20, 64), 0);
+    char dir[128];
+    char err[256];
+    snprintf(dir, sizeof(dir), "%s/spool", f->dir);
+    struct usage_writer_opts o = {.spool_dir = dir,
+                                  .flush_ms = 20,
+                                  .batch_max = 64,
+                                  .fsync_ms = 50,
+                                  .spool_max_bytes = 64 * 1024 * 1024,
+                                  .memory_max_rows = 100000};
+    assert_int_equal(usage_writer_start(&w, f->st, &o, err, sizeof(err)), 0);
     pthread_t th[4];
     struct pusher p[4];
     for (int i = 0; i < 4; i++) {
