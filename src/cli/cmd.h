@@ -7,6 +7,8 @@
 int cli_cmd_serve(int argc, char **argv);
 int cli_cmd_sim(int argc, char **argv);
 int cli_cmd_usage(int argc, char **argv);
+int cli_cmd_bill(int argc, char **argv);
+int cli_cmd_migrate(int argc, char **argv);
 int cli_cmd_config(int argc, char **argv);
 int cli_cmd_nodes(int argc, char **argv);
 

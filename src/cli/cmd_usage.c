@@ -1,6 +1,8 @@
-/* privax usage: per-tenant usage for one calendar month (UTC) from the usage store, as a
- * table or, with --json, an array of objects built with jansson. Reads only: when the store
- * file does not exist yet the report is empty and no file is created. */
+/* privax usage: usage for a period (a calendar month in UTC by default, or --since/--until)
+ * from the usage store, per tenant (default), node, model or day, as a table or, with --json,
+ * an array of objects built with jansson. Reads only: when the SQLite file does not exist yet
+ * the report is empty and no file is created. The same query runs on SQLite and ClickHouse
+ * (store usage op), so both stores print the same report. */
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -33,16 +35,21 @@ static double round1(double x)
 
 static void usage_help(FILE *out)
 {
-    fprintf(out, "usage: privax usage --config FILE [--tenant T] [--month YYYY-MM] [--json]\n"
-                 "\n"
-                 "Per-tenant usage for one calendar month (UTC; default: the current month):\n"
-                 "requests, prompt/completion/total tokens, errors, average and p95 latency,\n"
-                 "the tier's monthly allowance and the share of it used.\n"
-                 "\n"
-                 "  --config FILE    the gateway's config (for the store path and the tiers)\n"
-                 "  --tenant T       only this tenant\n"
-                 "  --month YYYY-MM  the month to report\n"
-                 "  --json           a JSON array of objects instead of a table\n");
+    fprintf(out,
+            "usage: privax usage --config FILE [--tenant T] [--by tenant|node|model|day]\n"
+            "                    [--month YYYY-MM | --since DATE [--until DATE]] [--json]\n"
+            "\n"
+            "Usage for one calendar month (UTC; default: the current month) or a period:\n"
+            "requests, prompt/completion/total tokens, errors, average and p95 latency; per\n"
+            "tenant also the tier's monthly allowance and the share of it used.\n"
+            "\n"
+            "  --config FILE    the gateway's config (for the store and the tiers)\n"
+            "  --tenant T       only this tenant\n"
+            "  --by G           group by tenant (default), node, model or day (UTC)\n"
+            "  --month YYYY-MM  the month to report\n"
+            "  --since DATE     from DATE (YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ, UTC), inclusive\n"
+            "  --until DATE     to DATE, exclusive (default: no end)\n"
+            "  --json           a JSON array of objects instead of a table\n");
 }
 
 /* "YYYY-MM" to [first ms of the month, first ms of the next) in UTC. Rejects anything else. */
@@ -68,6 +75,28 @@ static int parse_month(const char *s, int64_t *since_ms, int64_t *until_ms)
     return 0;
 }
 
+/* "YYYY-MM-DD" or "YYYY-MM-DDTHH:MM:SS[Z]" (UTC) to ms. Rejects anything else. */
+static int parse_date(const char *s, int64_t *ms)
+{
+    struct tm tm = {0};
+    const char *end = strptime(s, "%Y-%m-%d", &tm);
+    if (end == NULL) {
+        return PX_EPARSE;
+    }
+    if (*end == 'T') {
+        end = strptime(end + 1, "%H:%M:%S", &tm);
+        if (end == NULL) {
+            return PX_EPARSE;
+        }
+        end += *end == 'Z';
+    }
+    if (*end != '\0' || tm.tm_year < 70) {
+        return PX_EPARSE;
+    }
+    *ms = (int64_t)timegm(&tm) * 1000;
+    return 0;
+}
+
 static void current_month(char out[8])
 {
     time_t now = time(NULL);
@@ -79,34 +108,18 @@ static void current_month(char out[8])
     }
 }
 
-/* The tenant's monthly allowance: a pinned tier wins, else the tier its latest row recorded,
- * else the default tier; a per-tenant monthly_tokens override wins over the tier's. */
-static int64_t allowance_of(const struct px_config *cfg, const struct store_usage_row *r)
-{
-    long ten = px_config_tenant(cfg, r->tenant_id, strlen(r->tenant_id));
-    long tier = -1;
-    if (ten >= 0 && cfg->tenants[ten].monthly_tokens > 0) {
-        return cfg->tenants[ten].monthly_tokens;
-    }
-    if (ten >= 0 && cfg->tenants[ten].pinned) {
-        tier = (long)cfg->tenants[ten].tier;
-    } else {
-        tier = px_config_tier(cfg, r->plan_tier, strlen(r->plan_tier));
-    }
-    if (tier < 0) {
-        tier = (long)cfg->default_tier;
-    }
-    return cfg->ntiers > 0 ? cfg->tiers[tier].monthly_tokens : 0;
-}
+static const char *const group_names[] = {"tenant", "node", "model", "day"};
 
-static int print_json(const struct usage_line *lines, size_t n)
+static int print_json(const struct usage_line *lines, size_t n, enum store_group by)
 {
     json_t *arr = json_array();
     for (size_t i = 0; i < n; i++) {
         const struct store_usage_row *r = lines[i].row;
         json_t *o = json_object();
-        json_object_set_new(o, "tenant", json_string(r->tenant_id));
-        json_object_set_new(o, "tier", json_string(r->plan_tier));
+        json_object_set_new(o, group_names[by], json_string(r->key));
+        if (by == STORE_BY_TENANT) {
+            json_object_set_new(o, "tier", json_string(r->plan_tier));
+        }
         json_object_set_new(o, "requests", json_integer(r->requests));
         json_object_set_new(o, "prompt_tokens", json_integer(r->prompt_tokens));
         json_object_set_new(o, "completion_tokens", json_integer(r->completion_tokens));
@@ -114,9 +127,11 @@ static int print_json(const struct usage_line *lines, size_t n)
         json_object_set_new(o, "errors", json_integer(r->errors));
         json_object_set_new(o, "avg_latency_ms", json_real(round1(r->avg_latency_ms)));
         json_object_set_new(o, "p95_latency_ms", json_integer((json_int_t)r->p95_latency_ms));
-        json_object_set_new(o, "allowance", json_integer(lines[i].allowance));
-        json_object_set_new(o, "used_pct", json_real(lines[i].used_pct));
-        json_object_set_new(o, "overage_tokens", json_integer(r->overage_tokens));
+        if (by == STORE_BY_TENANT) {
+            json_object_set_new(o, "allowance", json_integer(lines[i].allowance));
+            json_object_set_new(o, "used_pct", json_real(lines[i].used_pct));
+            json_object_set_new(o, "overage_tokens", json_integer(r->overage_tokens));
+        }
         json_array_append_new(arr, o);
     }
     int rc =
@@ -131,15 +146,23 @@ static int print_json(const struct usage_line *lines, size_t n)
 
 #define USAGE_NCOLS 11
 
-static int print_table(const struct usage_line *lines, size_t n, const char *month)
+static int print_table(const struct usage_line *lines, size_t n, const char *period,
+                       enum store_group by)
 {
-    static const char *const head[USAGE_NCOLS] = {
-        "tenant",       "tier",   "requests",       "prompt_tokens",  "completion_tokens",
-        "total_tokens", "errors", "avg_latency_ms", "p95_latency_ms", "allowance",
-        "used_pct",
+    const char *head[USAGE_NCOLS] = {
+        group_names[by],     "tier",         "requests", "prompt_tokens",
+        "completion_tokens", "total_tokens", "errors",   "avg_latency_ms",
+        "p95_latency_ms",    "allowance",    "used_pct",
     };
+    /* Tier, allowance and used_pct are per-tenant figures. */
+    int ncols = by == STORE_BY_TENANT ? USAGE_NCOLS : USAGE_NCOLS - 3;
+    if (by != STORE_BY_TENANT) {
+        for (int c = 1; c < ncols; c++) {
+            head[c] = head[c + 1];
+        }
+    }
     int width[USAGE_NCOLS];
-    for (int c = 0; c < USAGE_NCOLS; c++) {
+    for (int c = 0; c < ncols; c++) {
         width[c] = (int)strlen(head[c]);
     }
     /* Cells are formatted twice (widths, then output) rather than stored: n is small and
@@ -147,14 +170,14 @@ static int print_table(const struct usage_line *lines, size_t n, const char *mon
     char cell[USAGE_NCOLS][160];
     for (int pass = 0; pass < 2; pass++) {
         if (pass == 1) {
-            for (int c = 0; c < USAGE_NCOLS; c++) {
+            for (int c = 0; c < ncols; c++) {
                 printf(c == 0 ? "%-*s" : "  %*s", width[c], head[c]);
             }
             printf("\n");
         }
         for (size_t i = 0; i < n; i++) {
             const struct store_usage_row *r = lines[i].row;
-            snprintf(cell[0], sizeof(cell[0]), "%s", r->tenant_id);
+            snprintf(cell[0], sizeof(cell[0]), "%s", r->key);
             snprintf(cell[1], sizeof(cell[1]), "%s", r->plan_tier);
             snprintf(cell[2], sizeof(cell[2]), "%" PRId64, r->requests);
             snprintf(cell[3], sizeof(cell[3]), "%" PRId64, r->prompt_tokens);
@@ -165,7 +188,10 @@ static int print_table(const struct usage_line *lines, size_t n, const char *mon
             snprintf(cell[8], sizeof(cell[8]), "%.0f", r->p95_latency_ms);
             snprintf(cell[9], sizeof(cell[9]), "%" PRId64, lines[i].allowance);
             snprintf(cell[10], sizeof(cell[10]), "%.1f%%", lines[i].used_pct);
-            for (int c = 0; c < USAGE_NCOLS; c++) {
+            if (by != STORE_BY_TENANT) {
+                memmove(cell[1], cell[2], sizeof(cell[0]) * (USAGE_NCOLS - 2));
+            }
+            for (int c = 0; c < ncols; c++) {
                 if (pass == 0) {
                     int w = (int)strlen(cell[c]);
                     width[c] = w > width[c] ? w : width[c];
@@ -179,7 +205,7 @@ static int print_table(const struct usage_line *lines, size_t n, const char *mon
         }
     }
     if (n == 0) {
-        printf("(no usage in %s)\n", month);
+        printf("(no usage in %s)\n", period);
     }
     return EX_OK;
 }
@@ -187,14 +213,23 @@ static int print_table(const struct usage_line *lines, size_t n, const char *mon
 int cli_cmd_usage(int argc, char **argv)
 {
     static const struct option longopts[] = {
-        {"config", required_argument, NULL, 'c'}, {"tenant", required_argument, NULL, 't'},
-        {"month", required_argument, NULL, 'm'},  {"json", no_argument, NULL, 'j'},
-        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
+        {"config", required_argument, NULL, 'c'},
+        {"tenant", required_argument, NULL, 't'},
+        {"month", required_argument, NULL, 'm'},
+        {"json", no_argument, NULL, 'j'},
+        {"by", required_argument, NULL, 'b'},
+        {"since", required_argument, NULL, 's'},
+        {"until", required_argument, NULL, 'u'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
     };
     const char *config_path = NULL;
     const char *tenant = NULL;
     const char *month_arg = NULL;
-    char month[8];
+    const char *since_arg = NULL;
+    const char *until_arg = NULL;
+    char period[80];
+    enum store_group by = STORE_BY_TENANT;
     int json = 0;
     int opt;
     char err[1024];
@@ -208,7 +243,7 @@ int cli_cmd_usage(int argc, char **argv)
     int rc;
 
     optind = 1;
-    while ((opt = getopt_long(argc, argv, "c:t:m:jh", longopts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "c:t:m:jb:s:u:h", longopts, NULL)) != -1) {
         switch (opt) {
         case 'c':
             config_path = optarg;
@@ -219,6 +254,24 @@ int cli_cmd_usage(int argc, char **argv)
         case 'm':
             month_arg = optarg;
             break;
+        case 's':
+            since_arg = optarg;
+            break;
+        case 'u':
+            until_arg = optarg;
+            break;
+        case 'b': {
+            int found = -1;
+            for (int g = 0; g < 4; g++) {
+                found = strcmp(optarg, group_names[g]) == 0 ? g : found;
+            }
+            if (found < 0) {
+                fprintf(stderr, "privax usage: --by must be tenant, node, model or day\n");
+                return EX_USAGE;
+            }
+            by = (enum store_group)found;
+            break;
+        }
         case 'j':
             json = 1;
             break;
@@ -236,17 +289,36 @@ int cli_cmd_usage(int argc, char **argv)
         usage_help(stderr);
         return EX_USAGE;
     }
-    if (month_arg == NULL) {
-        current_month(month);
-    } else if (strlen(month_arg) < sizeof(month)) {
-        memcpy(month, month_arg, strlen(month_arg) + 1);
-    } else {
-        month[0] = '\0';
-    }
-    if (parse_month(month, &since_ms, &until_ms) < 0) {
-        fprintf(stderr, "privax usage: --month must be YYYY-MM (e.g. 2025-03), got '%s'\n",
-                month_arg);
+    if (month_arg && (since_arg || until_arg)) {
+        fprintf(stderr, "privax usage: give --month or --since/--until, not both\n");
         return EX_USAGE;
+    }
+    if (since_arg || until_arg) {
+        since_ms = 0;
+        until_ms = INT64_MAX;
+        if ((since_arg && parse_date(since_arg, &since_ms) < 0) ||
+            (until_arg && parse_date(until_arg, &until_ms) < 0)) {
+            fprintf(stderr, "privax usage: --since/--until must be YYYY-MM-DD or "
+                            "YYYY-MM-DDTHH:MM:SSZ (UTC)\n");
+            return EX_USAGE;
+        }
+        snprintf(period, sizeof(period), "%s .. %s", since_arg ? since_arg : "the start",
+                 until_arg ? until_arg : "now");
+    } else {
+        char month[8];
+        if (month_arg == NULL) {
+            current_month(month);
+        } else if (strlen(month_arg) < sizeof(month)) {
+            memcpy(month, month_arg, strlen(month_arg) + 1);
+        } else {
+            month[0] = '\0';
+        }
+        if (parse_month(month, &since_ms, &until_ms) < 0) {
+            fprintf(stderr, "privax usage: --month must be YYYY-MM (e.g. 2025-03), got '%s'\n",
+                    month_arg);
+            return EX_USAGE;
+        }
+        snprintf(period, sizeof(period), "%s", month);
     }
 
     if (px_config_load(config_path, &cfg, err, sizeof(err)) < 0) {
@@ -254,18 +326,17 @@ int cli_cmd_usage(int argc, char **argv)
         rc = EX_CONFIG;
         goto out;
     }
-    /* A store that was never written to has no usage; do not create it just to say so. */
-    if (access(cfg->sqlite_path, F_OK) == 0) {
-        const struct store_ops *ops = store_ops_for(cfg);
-        if (ops->open(&st, cfg, err, sizeof(err)) < 0) {
+    /* A SQLite store that was never written to has no usage; do not create it to say so. */
+    if (cfg->ch_url != NULL || access(cfg->sqlite_path, F_OK) == 0) {
+        if (store_open_reader(cfg, &st, err, sizeof(err)) < 0) {
             fprintf(stderr, "privax usage: %s\n", err);
             rc = EX_UNAVAILABLE;
             goto out;
         }
         struct store_usage_query q = {
-            .tenant_id = tenant, .since_ms = since_ms, .until_ms = until_ms};
+            .tenant_id = tenant, .since_ms = since_ms, .until_ms = until_ms, .by = by};
         if (store_usage(st, &q, &rows, &nrows) < 0) {
-            fprintf(stderr, "privax usage: %s: %s\n", cfg->sqlite_path, store_errmsg(st));
+            fprintf(stderr, "privax usage: %s store: %s\n", st->ops->name, store_errmsg(st));
             rc = EX_UNAVAILABLE;
             goto out;
         }
@@ -277,13 +348,15 @@ int cli_cmd_usage(int argc, char **argv)
     }
     for (size_t i = 0; i < nrows; i++) {
         lines[i].row = &rows[i];
-        lines[i].allowance = allowance_of(cfg, &rows[i]);
+        if (by == STORE_BY_TENANT) {
+            store_tenant_plan(cfg, rows[i].tenant_id, rows[i].plan_tier, &lines[i].allowance);
+        }
         lines[i].used_pct =
             lines[i].allowance > 0
                 ? round1((double)rows[i].total_tokens * 100.0 / (double)lines[i].allowance)
                 : 0;
     }
-    rc = json ? print_json(lines, nrows) : print_table(lines, nrows, month);
+    rc = json ? print_json(lines, nrows, by) : print_table(lines, nrows, period, by);
 out:
     free(lines);
     free(rows);

@@ -15,7 +15,9 @@ static const struct {
 } commands[] = {
     {"serve", cli_cmd_serve, "serve --config FILE [--port-file F]   run the gateway"},
     {"sim", cli_cmd_sim, "sim [--listen ADDR] [flags]            run a simulated GPU node"},
-    {"usage", cli_cmd_usage, "usage --config FILE [--tenant T] [--month YYYY-MM] [--json]"},
+    {"usage", cli_cmd_usage, "usage --config FILE [--by G] [--month M|--since D] [--json]"},
+    {"bill", cli_cmd_bill, "bill --config FILE --month YYYY-MM [--json]  the month's bill"},
+    {"migrate", cli_cmd_migrate, "migrate --config FILE                  create/update the store"},
     {"config", cli_cmd_config, "config check FILE                      validate a config file"},
     {"nodes", cli_cmd_nodes, "nodes check|nginx-conf --nodes FILE    check the nodes, render nginx"},
     {"version", cmd_version, "version                                print the version"},

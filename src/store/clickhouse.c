@@ -233,10 +233,11 @@ static int encode_row(struct buf *b, const struct usage_event *e)
 #define JI(name) rc = rc ? rc : buf_printf(b, ",\"" #name "\":%lld", (long long)e->name);
     JS(request_id)
     JS(tenant_id)
-    JS(user_id) JS(api_key_id) JS(plan_tier) JS(model_name) JS(provider) JS(backend)
-        JS(request_type) JI(stream) JI(prompt_tokens) JI(completion_tokens) JI(total_tokens)
-            JI(usage_estimated) JI(queue_ms) JI(ttft_ms) JI(latency_ms) JI(status_code) JI(success)
-                JS(error_code) JI(input_chars) JI(output_chars) JI(gpu_id) JS(node_id) JI(overage)
+    JS(user_id)
+    JS(api_key_id) JS(plan_tier) JS(model_name) JS(provider) JS(backend) JS(request_type) JI(stream)
+        JI(prompt_tokens) JI(completion_tokens) JI(total_tokens) JI(usage_estimated) JI(queue_ms)
+            JI(ttft_ms) JI(latency_ms) JI(status_code) JI(success) JS(error_code) JI(input_chars)
+                JI(output_chars) JI(gpu_id) JS(node_id) JI(overage)
 #undef JS
 #undef JI
                     rc =
@@ -540,12 +541,12 @@ static int ch_totals(struct store *st, const struct store_usage_query *q,
     buf_init(&b, 8192);
     int rc = buf_printf(
         &b,
-        "SELECT %s AS k, countMerge(requests) AS requests, sumMerge(prompt_tokens) AS prompt,"
-        " sumMerge(completion_tokens) AS completion, sumMerge(total_tokens) AS total,"
-        " sumMerge(errors) AS errors, sumMerge(overage_tokens) AS overage, %s AS tier"
+        "SELECT %s AS k, countMerge(requests) AS requests, sumMerge(prompt_sum) AS prompt,"
+        " sumMerge(completion_sum) AS completion, sumMerge(total_sum) AS total,"
+        " sumMerge(errors) AS errors, sumMerge(overage_sum) AS overage, %s AS tier"
         " FROM %s.%s WHERE %s >= toDate(%" PRId64 ") AND %s < toDate(%" PRId64 ")",
         q->by == STORE_BY_TENANT ? "tenant_id" : "toString(day)",
-        q->by == STORE_BY_TENANT ? "argMaxMerge(plan_tier)" : "''", c->db, table, col,
+        q->by == STORE_BY_TENANT ? "argMaxMerge(tier)" : "''", c->db, table, col,
         q->since_ms / 86400000, col, until / 86400000);
     if (rc == 0 && q->tenant_id != NULL) {
         rc = buf_append_str(&b, " AND tenant_id = ");
@@ -570,24 +571,27 @@ struct ch_step {
     const char *sql[6];
 };
 
+/* Aggregate columns are named apart from the llm_requests columns: in ClickHouse an alias
+ * shadows a column of the same name, so "sumState(total_tokens) AS total_tokens" would turn
+ * a later total_tokens into a nested aggregate. */
 #define AGG_COLS                                                                                   \
     " tenant_id String,"                                                                           \
     " requests AggregateFunction(count),"                                                          \
-    " prompt_tokens AggregateFunction(sum, UInt64),"                                               \
-    " completion_tokens AggregateFunction(sum, UInt64),"                                           \
-    " total_tokens AggregateFunction(sum, UInt64),"                                                \
+    " prompt_sum AggregateFunction(sum, UInt64),"                                                  \
+    " completion_sum AggregateFunction(sum, UInt64),"                                              \
+    " total_sum AggregateFunction(sum, UInt64),"                                                   \
     " errors AggregateFunction(sum, UInt64),"                                                      \
-    " overage_tokens AggregateFunction(sum, UInt64),"                                              \
-    " latency_ms_sum AggregateFunction(sum, UInt64),"                                              \
-    " plan_tier AggregateFunction(argMax, String, Tuple(UInt64, String))"
+    " overage_sum AggregateFunction(sum, UInt64),"                                                 \
+    " latency_sum AggregateFunction(sum, UInt64),"                                                 \
+    " tier AggregateFunction(argMax, String, Tuple(UInt64, String))"
 
 #define AGG_SELECT                                                                                 \
-    " tenant_id, countState() AS requests, sumState(prompt_tokens) AS prompt_tokens,"              \
-    " sumState(completion_tokens) AS completion_tokens, sumState(total_tokens) AS total_tokens,"   \
+    " tenant_id, countState() AS requests, sumState(prompt_tokens) AS prompt_sum,"                 \
+    " sumState(completion_tokens) AS completion_sum, sumState(total_tokens) AS total_sum,"         \
     " sumState(toUInt64(success = 0)) AS errors,"                                                  \
-    " sumState(if(overage != 0, total_tokens, toUInt64(0))) AS overage_tokens,"                    \
-    " sumState(toUInt64(latency_ms)) AS latency_ms_sum,"                                           \
-    " argMaxState(plan_tier, (toUInt64(event_time) * 1000 + event_ms, plan_tier)) AS plan_tier"
+    " sumState(if(overage != 0, total_tokens, toUInt64(0))) AS overage_sum,"                       \
+    " sumState(toUInt64(latency_ms)) AS latency_sum,"                                              \
+    " argMaxState(plan_tier, (toUInt64(event_time) * 1000 + event_ms, plan_tier)) AS tier"
 
 static const struct ch_step ch_steps[] = {
     {1,
@@ -626,8 +630,8 @@ static const struct ch_step ch_steps[] = {
          " count() AS requests, sum(total_tokens) AS tokens FROM %1$s.llm_requests FINAL"
          " WHERE event_time >= now() - INTERVAL 1 HOUR GROUP BY node_id",
          "CREATE VIEW IF NOT EXISTS %1$s.llm_monthly_totals AS SELECT month, tenant_id,"
-         " countMerge(requests) AS requests, sumMerge(total_tokens) AS total_tokens,"
-         " sumMerge(overage_tokens) AS overage_tokens, argMaxMerge(plan_tier) AS plan_tier"
+         " countMerge(requests) AS requests, sumMerge(total_sum) AS total_tokens,"
+         " sumMerge(overage_sum) AS overage_tokens, argMaxMerge(tier) AS plan_tier"
          " FROM %1$s.llm_usage_monthly GROUP BY month, tenant_id",
          NULL,
      }},

@@ -17,8 +17,9 @@
 
 #define CHECK_STR_FIELDS(X)                                                                        \
     X(request_id)                                                                                  \
-    X(tenant_id) X(user_id) X(api_key_id) X(plan_tier) X(model_name) X(provider) X(backend)        \
-        X(request_type) X(error_code) X(node_id)
+    X(tenant_id)                                                                                   \
+    X(user_id) X(api_key_id) X(plan_tier) X(model_name) X(provider) X(backend) X(request_type)     \
+        X(error_code) X(node_id)
 
 const struct store_ops *store_ops_for(const struct px_config *cfg)
 {
@@ -30,6 +31,35 @@ int store_open_reader(const struct px_config *cfg, struct store **out, char *err
     const struct store_ops *ops = store_ops_for(cfg);
     return ops->open_reader ? ops->open_reader(out, cfg, err, errcap)
                             : ops->open(out, cfg, err, errcap);
+}
+
+size_t store_tenant_plan(const struct px_config *cfg, const char *tenant, const char *tier_name,
+                         int64_t *allowance)
+{
+    long ten = px_config_tenant(cfg, tenant, strlen(tenant));
+    long tier = -1;
+    if (ten >= 0 && cfg->tenants[ten].pinned) {
+        tier = (long)cfg->tenants[ten].tier;
+    } else if (tier_name != NULL) {
+        tier = px_config_tier(cfg, tier_name, strlen(tier_name));
+    }
+    if (tier < 0) {
+        tier = (long)cfg->default_tier;
+    }
+    *allowance = ten >= 0 && cfg->tenants[ten].monthly_tokens > 0 ? cfg->tenants[ten].monthly_tokens
+                                                                  : cfg->tiers[tier].monthly_tokens;
+    return (size_t)tier;
+}
+
+int64_t store_overage_pence(int64_t overage_tokens, int64_t pence_per_mtok)
+{
+    if (overage_tokens <= 0 || pence_per_mtok <= 0) {
+        return 0;
+    }
+    /* Both factors are bounded by the config and the row check (<= 1e15 tokens), so the
+     * product fits 128 bits. */
+    unsigned __int128 p = (unsigned __int128)overage_tokens * (unsigned __int128)pence_per_mtok;
+    return (int64_t)((p + 500000) / 1000000);
 }
 
 int64_t store_month_start_ms(int64_t now_ms, int months_back)

@@ -104,6 +104,16 @@ int store_row_check(const struct usage_event *ev, char *why, size_t whycap);
 /* Open cfg's store for reports (open_reader, else open). Same contract as the ops. */
 int store_open_reader(const struct px_config *cfg, struct store **out, char *err, size_t errcap);
 
+/* The plan that applies to tenant: a tier pinned in config wins, else tier_name when it is a
+ * configured tier, else the default tier. *allowance is the tenant's monthly_tokens override,
+ * else that tier's. Returns the tier's index in cfg->tiers (cfg has at least one tier). */
+size_t store_tenant_plan(const struct px_config *cfg, const char *tenant, const char *tier_name,
+                         int64_t *allowance);
+
+/* Pence for tokens over the allowance at pence_per_mtok per million, pro rata, rounded to the
+ * nearest penny (halves up). */
+int64_t store_overage_pence(int64_t overage_tokens, int64_t pence_per_mtok);
+
 /* First ms of the UTC month that is months before the month holding now_ms (months = 0:
  * that month's start). */
 int64_t store_month_start_ms(int64_t now_ms, int months_back);
