@@ -569,6 +569,49 @@ static const char *sq_errmsg(struct store *st)
     return ((struct store_sqlite *)st)->errmsg;
 }
 
+/* Rows in arrival order (privax scale), one read transaction, stepping the index on
+ * event_time; nothing is held in memory but the current row. */
+static int sq_scan(struct store *stp, const struct store_usage_query *q, store_scan_fn fn, void *ud)
+{
+    struct store_sqlite *s = (struct store_sqlite *)stp;
+    static const char sql[] =
+        "SELECT event_time, latency_ms, queue_ms, total_tokens, status_code, tenant_id, user_id,"
+        " backend FROM llm_requests WHERE event_time >= ?1 AND event_time < ?2"
+        " AND (?3 IS NULL OR tenant_id = ?3) ORDER BY event_time, id";
+    sqlite3_stmt *st = NULL;
+    int rc;
+    if ((rc = sq_exec(s, "BEGIN", "begin read")) < 0) {
+        return rc;
+    }
+    if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK) {
+        rc = sq_fail(s, "prepare scan");
+        goto done;
+    }
+    bind_query(st, q);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const unsigned char *t = sqlite3_column_text(st, 5), *u = sqlite3_column_text(st, 6),
+                            *b = sqlite3_column_text(st, 7);
+        struct store_scan_row r = {
+            .event_time_ms = sqlite3_column_int64(st, 0),
+            .latency_ms = sqlite3_column_int64(st, 1),
+            .queue_ms = sqlite3_column_int64(st, 2),
+            .total_tokens = sqlite3_column_int64(st, 3),
+            .status_code = sqlite3_column_int(st, 4),
+            .tenant_id = t ? (const char *)t : "",
+            .user_id = u ? (const char *)u : "",
+            .backend = b ? (const char *)b : "",
+        };
+        if ((rc = fn(ud, &r)) != 0) {
+            goto done;
+        }
+    }
+    rc = rc == SQLITE_DONE ? 0 : sq_fail(s, "scan");
+done:
+    sqlite3_finalize(st);
+    sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL);
+    return rc;
+}
+
 const struct store_ops store_sqlite_ops = {
     .name = "sqlite",
     .open = sq_open,
@@ -580,4 +623,5 @@ const struct store_ops store_sqlite_ops = {
     .migrate = sq_migrate_op,
     .close = sq_close,
     .errmsg = sq_errmsg,
+    .scan = sq_scan,
 };

@@ -54,6 +54,22 @@ struct store_migrate_result {
     int64_t removed;          /* SQLite: rows deleted; ClickHouse: partitions dropped */
 };
 
+/* One row as a scan hands it out: the columns privax scale's hourly figures need. Strings
+ * are borrowed for the callback only. */
+struct store_scan_row {
+    int64_t event_time_ms; /* arrival, ms since the epoch */
+    int64_t latency_ms;    /* arrival to end */
+    int64_t queue_ms;      /* wait for a backend slot */
+    int64_t total_tokens;  /* prompt + completion */
+    int status_code;       /* HTTP status given to the client */
+    const char *tenant_id;
+    const char *user_id;
+    const char *backend; /* "" when the request reached no backend */
+};
+
+/* Called for each row of a scan; a non-zero return stops the scan and is its result. */
+typedef int (*store_scan_fn)(void *ud, const struct store_scan_row *row);
+
 /* insert's answer when the batch certainly did not reach the store (no connection): it can
  * be sent again without asking what landed. */
 #define STORE_ENOTSENT (-ENOTCONN)
@@ -90,6 +106,10 @@ struct store_ops {
     /* Text of the last failure on st, for logs (borrowed, valid until the next call on st).
      * May be NULL in an ops struct that keeps no message. */
     const char *(*errmsg)(struct store *st);
+    /* Every raw row of q's period (and tenant, when set; q->by is ignored) in event_time
+     * order, handed to fn. 0, fn's non-zero result, or PX_ESTORE. May be NULL: the store
+     * cannot list rows (privax scale then reports those figures as unknown). */
+    int (*scan)(struct store *st, const struct store_usage_query *q, store_scan_fn fn, void *ud);
 };
 
 /* The store configured in cfg (SQLite unless store.clickhouse is configured). */
@@ -135,6 +155,12 @@ static inline int store_totals(struct store *st, const struct store_usage_query 
                                struct store_usage_row **rows, size_t *nrows)
 {
     return st->ops->totals(st, q, rows, nrows);
+}
+/* -ENOSYS when the store has no scan op. */
+static inline int store_scan(struct store *st, const struct store_usage_query *q, store_scan_fn fn,
+                             void *ud)
+{
+    return st->ops->scan ? st->ops->scan(st, q, fn, ud) : -ENOSYS;
 }
 /* Close st; NULL is a no-op. */
 static inline void store_close(struct store *st)
