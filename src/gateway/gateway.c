@@ -42,14 +42,27 @@ static void handle_health(struct gateway *gw, struct http_req *req)
                       "last_error", health_last_error(gw->health, i)));
     }
     uint64_t oldest = gw_queue_oldest_ms(gw);
+    /* Usage rows: the spool's state. "degraded" when the spool is full or failing or rows
+     * were dropped: billing data is at risk and an operator must look. */
+    struct usage_writer_stats us;
+    usage_writer_stats(gw->usage, &us);
+    int degraded = usage_writer_degraded(&us);
+    json_t *usage = json_pack(
+        "{s:I,s:I,s:I,s:I,s:I,s:b,s:b,s:b,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:s}", "backlog",
+        (json_int_t)(us.queued + us.spooled), "queued", (json_int_t)us.queued, "spooled",
+        (json_int_t)us.spooled, "spool_bytes", (json_int_t)us.spool_bytes, "spool_max_bytes",
+        (json_int_t)us.spool_max_bytes, "spool_full", us.spool_full, "spool_failing",
+        us.spool_failing, "store_ok", us.store_ok, "last_ship_unix_ms",
+        (json_int_t)us.last_ship_unix_ms, "last_commit_unix_ms", (json_int_t)us.last_ship_unix_ms,
+        "shipped", (json_int_t)us.shipped, "ship_failures", (json_int_t)us.ship_failures,
+        "spool_full_events", (json_int_t)us.spool_full_events, "dropped", (json_int_t)us.dropped,
+        "rejected", (json_int_t)us.rejected, "last_error", us.last_error);
     json_t *j = json_pack(
-        "{s:s,s:s,s:s,s:I,s:I,s:{s:I,s:I},s:o,s:{s:I,s:I}}", "status", "ok", "limits",
-        lim_mode(gw->lim), "node_id",
-        gw->cfg->node_id, "uptime_s", (json_int_t)((px_mono_ms() - gw->started_ms) / 1000),
-        "inflight", (json_int_t)gw->inflight, "queue", "length", (json_int_t)gw->queue_len,
-        "oldest_wait_ms", (json_int_t)oldest, "backends", backends, "usage", "backlog",
-        (json_int_t)usage_writer_backlog(gw->usage), "last_commit_unix_ms",
-        (json_int_t)usage_writer_last_commit_ms(gw->usage));
+        "{s:s,s:s,s:s,s:I,s:I,s:{s:I,s:I},s:o,s:o}", "status", degraded ? "degraded" : "ok",
+        "limits", lim_mode(gw->lim), "node_id", gw->cfg->node_id, "uptime_s",
+        (json_int_t)((px_mono_ms() - gw->started_ms) / 1000), "inflight", (json_int_t)gw->inflight,
+        "queue", "length", (json_int_t)gw->queue_len, "oldest_wait_ms", (json_int_t)oldest,
+        "backends", backends, "usage", usage);
     json_object_set_new(j, "gpus", gpu_sampler_gpus_json(gw->gpu, gw->cfg));
     json_object_set_new(j, "gpu", gpu_sampler_status_json(gw->gpu));
     send_json(req, 200, NULL, j);
@@ -127,6 +140,8 @@ static const struct {
     {HTTP_GET, "/v1/models", handle_models},
     {HTTP_GET, "/health", handle_health},
     {HTTP_GET, "/metrics", handle_metrics},
+    {HTTP_POST, "/v1/usage/check", gw_usage_check},
+    {HTTP_GET, "/v1/usage/", gw_usage_get}, /* a path ending in '/' matches as a prefix */
 };
 
 static void on_request(struct http_req *req, void *ud)
@@ -139,7 +154,10 @@ static void on_request(struct http_req *req, void *ud)
     }
     int path_known = 0;
     for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
-        if (strlen(routes[i].path) != plen || memcmp(routes[i].path, req->path, plen) != 0) {
+        size_t rlen = strlen(routes[i].path);
+        int prefix = routes[i].path[rlen - 1] == '/';
+        if (prefix ? plen <= rlen || memcmp(routes[i].path, req->path, rlen) != 0
+                   : rlen != plen || memcmp(routes[i].path, req->path, plen) != 0) {
             continue;
         }
         path_known = 1;

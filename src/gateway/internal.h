@@ -125,4 +125,9 @@ long gw_pool_pick(struct gateway *gw, size_t model, const long *skip, int nskip)
 /* meter.c: record one usage row (copies everything; any time). */
 void gw_meter(struct gateway *gw, struct usage_event *ev);
 
+/* usage_api.c: GET /v1/usage/{tenant}?period=day|week|month and POST /v1/usage/check; the
+ * store queries run on libuv's thread pool. Loop thread. */
+void gw_usage_get(struct gateway *gw, struct http_req *req);
+void gw_usage_check(struct gateway *gw, struct http_req *req);
+
 #endif
