@@ -11,6 +11,7 @@ int cli_cmd_bill(int argc, char **argv);
 int cli_cmd_migrate(int argc, char **argv);
 int cli_cmd_config(int argc, char **argv);
 int cli_cmd_nodes(int argc, char **argv);
+int cli_cmd_scale(int argc, char **argv);
 
 #define PX_VERSION "0.1.0"
 

@@ -20,6 +20,7 @@ static const struct {
     {"migrate", cli_cmd_migrate, "migrate --config FILE                  create/update the store"},
     {"config", cli_cmd_config, "config check FILE                      validate a config file"},
     {"nodes", cli_cmd_nodes, "nodes check|nginx-conf --nodes FILE    check the nodes, render nginx"},
+    {"scale", cli_cmd_scale, "scale --nodes FILE [--config FILE]     should another node be added?"},
     {"version", cmd_version, "version                                print the version"},
     {"help", cmd_help, "help                                   this text"},
 };
