@@ -19,8 +19,8 @@ static const struct {
     {"bill", cli_cmd_bill, "bill --config FILE --month YYYY-MM [--json]  the month's bill"},
     {"migrate", cli_cmd_migrate, "migrate --config FILE                  create/update the store"},
     {"config", cli_cmd_config, "config check FILE                      validate a config file"},
-    {"nodes", cli_cmd_nodes, "nodes check|nginx-conf --nodes FILE    check the nodes, render nginx"},
-    {"scale", cli_cmd_scale, "scale --nodes FILE [--config FILE]     should another node be added?"},
+    {"nodes", cli_cmd_nodes, "nodes check|nginx-conf --nodes FILE    node health, nginx config"},
+    {"scale", cli_cmd_scale, "scale --nodes FILE [--config FILE]     add a node? (triggers, cost)"},
     {"version", cmd_version, "version                                print the version"},
     {"help", cmd_help, "help                                   this text"},
 };
