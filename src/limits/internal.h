@@ -47,6 +47,8 @@ int lim_redis__admit(struct lim_redis *r, struct lim_pending *p);
 void lim_redis__settle(struct lim_redis *r, const char *tenant, const struct lim_plan *p,
                        int64_t delta_tokens, int64_t actual_tokens);
 int lim_redis__healthy(const struct lim_redis *r);
+/* An admission went unanswered past redis_timeout_ms: degraded until the next answer. */
+void lim_redis__timed_out(struct lim_redis *r);
 void lim_redis__free(struct lim_redis *r);
 
 #endif

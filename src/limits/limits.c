@@ -257,6 +257,7 @@ static void on_wait_tick(uv_timer_t *h)
         struct lim_pending *p = l->wait_head;
         px_log(PX_LOG_WARN, "tenant=%s event=redis_slow timeout_ms=%llu policy=%s", p->tenant,
                (unsigned long long)l->redis_timeout_ms, l->fail_open ? "open" : "closed");
+        lim_redis__timed_out(l->redis);
         lim__fallback(l, p); /* unlinks p; p stays allocated until hiredis calls back */
     }
 }

@@ -5,11 +5,12 @@
  * no round trip is needed before the first call; a NOSCRIPT reply (Redis restarted) is
  * answered by sending the script itself once.
  *
- * Calls run on the libuv loop through hiredis' async API and its libuv adapter. A dropped
+ * Calls run on the libuv loop through hiredis' async API and our own glue (below): the libuv
+ * adapter Debian ships with hiredis 0.14 ignores poll errors, so a Redis that dies with a
+ * command in flight (a TCP reset) would never be noticed and the poll would stay stopped. A dropped
  * connection is retried every second; meanwhile admissions fall back at once to the policy
  * (limits.c, lim__fallback). Times inside the scripts are microseconds; values are written
  * with %.0f because Lua 5.1 would otherwise print big numbers in 14-digit scientific form. */
-#include <hiredis/adapters/libuv.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <openssl/evp.h>
@@ -135,6 +136,91 @@ static void month_key(char *out, size_t cap, const struct lim_redis *r, const ch
 
 static void reconnect_later(struct lim_redis *r);
 
+/* ---- hiredis <-> libuv glue ---- */
+
+struct redis_poll {
+    uv_poll_t poll;
+    redisAsyncContext *ac;      /* NULL once hiredis cleaned up */
+    int events;                 /* UV_READABLE | UV_WRITABLE wanted by hiredis */
+};
+
+static void on_redis_poll(uv_poll_t *h, int status, int events)
+{
+    struct redis_poll *p = h->data;
+    if (status < 0) {
+        /* libuv stopped the poll on a socket error: let hiredis read the error and
+         * disconnect, which calls on_disconnect and schedules a reconnect. */
+        events = UV_READABLE;
+    }
+    if (p->ac && (events & UV_READABLE)) {
+        redisAsyncHandleRead(p->ac);
+    }
+    if (p->ac && (events & UV_WRITABLE)) {
+        redisAsyncHandleWrite(p->ac);
+    }
+}
+
+static void poll_update(struct redis_poll *p, int add, int ev)
+{
+    p->events = add ? (p->events | ev) : (p->events & ~ev);
+    if (p->events) {
+        uv_poll_start(&p->poll, p->events, on_redis_poll);
+    } else {
+        uv_poll_stop(&p->poll);
+    }
+}
+
+static void glue_add_read(void *d)
+{
+    poll_update(d, 1, UV_READABLE);
+}
+
+static void glue_del_read(void *d)
+{
+    poll_update(d, 0, UV_READABLE);
+}
+
+static void glue_add_write(void *d)
+{
+    poll_update(d, 1, UV_WRITABLE);
+}
+
+static void glue_del_write(void *d)
+{
+    poll_update(d, 0, UV_WRITABLE);
+}
+
+static void on_poll_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static void glue_cleanup(void *d)
+{
+    struct redis_poll *p = d;
+    p->ac = NULL;
+    uv_poll_stop(&p->poll);
+    uv_close((uv_handle_t *)&p->poll, on_poll_closed);
+}
+
+static int glue_attach(redisAsyncContext *ac, uv_loop_t *loop)
+{
+    struct redis_poll *p = px_calloc(1, sizeof(*p));
+    if (uv_poll_init_socket(loop, &p->poll, ac->c.fd) != 0) {
+        free(p);
+        return -1;
+    }
+    p->poll.data = p;
+    p->ac = ac;
+    ac->ev.data = p;
+    ac->ev.addRead = glue_add_read;
+    ac->ev.delRead = glue_del_read;
+    ac->ev.addWrite = glue_add_write;
+    ac->ev.delWrite = glue_del_write;
+    ac->ev.cleanup = glue_cleanup;
+    return 0;
+}
+
 static void on_connect(const redisAsyncContext *ac, int status);
 static void on_disconnect(const redisAsyncContext *ac, int status);
 
@@ -162,7 +248,12 @@ static void do_connect(struct lim_redis *r)
         return;
     }
     r->ac->data = r;
-    redisLibuvAttach(r->ac, r->loop);
+    if (glue_attach(r->ac, r->loop) != 0) {
+        redisAsyncFree(r->ac);
+        r->ac = NULL;
+        reconnect_later(r);
+        return;
+    }
     redisAsyncSetConnectCallback(r->ac, on_connect);
     redisAsyncSetDisconnectCallback(r->ac, on_disconnect);
     if (r->password[0]) {
@@ -331,6 +422,14 @@ void lim_redis__settle(struct lim_redis *r, const char *tenant, const struct lim
         lens[i] = strlen(argv[i]);
     }
     redisAsyncCommandArgv(r->ac, on_settle_reply, NULL, 9, argv, lens);
+}
+
+void lim_redis__timed_out(struct lim_redis *r)
+{
+    if (r->healthy) {
+        px_log(PX_LOG_WARN, "event=redis_slow host=%s port=%d limits=degraded", r->host, r->port);
+    }
+    r->healthy = 0;
 }
 
 int lim_redis__healthy(const struct lim_redis *r)
