@@ -199,3 +199,115 @@ class ClickHouse:
 
 def remove_dir(path):
     shutil.rmtree(path, ignore_errors=True)
+
+
+class FaultProxy:
+    """An HTTP proxy in front of ClickHouse that can spoil the replies to INSERTs.
+
+    mode "pass": forward everything. "exception200": forward the next `count` INSERTs (so
+    their rows land) and answer 200 with a ClickHouse exception in the body. "cut": forward
+    them and cut the reply off mid-body. "error500": do not forward, answer 500. Other
+    requests (SELECTs, DDL) always pass. `faulted` counts spoiled INSERTs."""
+
+    def __init__(self, ch):
+        import http.server
+        import socketserver
+        import threading
+        self.ch = ch
+        self.mode = "pass"
+        self.count = 0
+        self.faulted = 0
+        self.inserts = 0
+        self.lock = threading.Lock()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(n) if n else b""
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    body = self._read_chunked()
+                is_insert = "query=INSERT" in self.path or "query=insert" in self.path
+                with proxy.lock:
+                    mode = proxy.mode if is_insert and proxy.count > 0 else "pass"
+                    if is_insert:
+                        proxy.inserts += 1
+                    if mode != "pass":
+                        proxy.count -= 1
+                        proxy.faulted += 1
+                if mode == "error500":
+                    return self._reply(500, b"Code: 999, e.displayText() = DB::Exception: injected by the test proxy\n")
+                status, data = proxy._forward(self.path, body, self.headers.get("Authorization"))
+                if mode == "exception200":
+                    return self._reply(200, data + b"Code: 1000, e.displayText() = DB::Exception: injected after success, e.what() = DB::Exception\n")
+                if mode == "cut":
+                    self.send_response(200)
+                    self.send_header("Content-Length", "1000")
+                    self.end_headers()
+                    self.wfile.write(b"partial")
+                    self.wfile.flush()
+                    self.close_connection = True
+                    import socket as _s
+                    try:
+                        self.connection.shutdown(_s.SHUT_RDWR)
+                    except OSError:
+                        pass
+                    return
+                return self._reply(status, data)
+
+            def do_GET(self):
+                status, data = proxy._forward(self.path, None, self.headers.get("Authorization"), "GET")
+                self._reply(status, data)
+
+            def _read_chunked(self):
+                out = b""
+                while True:
+                    line = self.rfile.readline().strip()
+                    size = int(line.split(b";")[0], 16)
+                    if size == 0:
+                        self.rfile.readline()
+                        return out
+                    out += self.rfile.read(size)
+                    self.rfile.readline()
+
+            def _reply(self, status, data):
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+            daemon_threads = True
+            allow_reuse_address = True
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.url = "http://127.0.0.1:%d" % self.port
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def _forward(self, path, body, auth, method="POST"):
+        req = urllib.request.Request(self.ch.url + path, data=body, method=method)
+        if auth:
+            req.add_header("Authorization", auth)
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+        except OSError as e:
+            return 502, ("proxy: %s" % e).encode()
+
+    def fault(self, mode, count=1):
+        with self.lock:
+            self.mode = mode
+            self.count = count
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
