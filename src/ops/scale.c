@@ -21,6 +21,7 @@
 
 #include "core/err.h"
 #include "core/mem.h"
+#include "store/store.h"
 
 #define HOUR_MS INT64_C(3600000)
 
@@ -361,31 +362,30 @@ void scale_scan_finish(struct scale_scan *s, int64_t regular_pct, struct scale_s
 int64_t scale_revenue_pence(const struct px_config *cfg, const struct scale_tenant_usage *t,
                             size_t n, int64_t *base_out, int64_t *overage_out)
 {
+    /* The same rules as privax bill (src/cli/cmd_bill.c), through the same store helpers:
+     * store_tenant_plan picks the tier and allowance, store_overage_pence prices the tokens
+     * over it (only for tiers that bill overage), and tenants pinned to a tier pay its price
+     * even in a month without usage. */
     int64_t base = 0, overage = 0;
     for (size_t i = 0; i < n && cfg->ntiers > 0; i++) {
-        long ten = px_config_tenant(cfg, t[i].tenant_id, strlen(t[i].tenant_id));
-        long tier = -1;
-        if (ten >= 0 && cfg->tenants[ten].pinned) {
-            tier = (long)cfg->tenants[ten].tier;
-        } else if (t[i].plan_tier != NULL) {
-            tier = px_config_tier(cfg, t[i].plan_tier, strlen(t[i].plan_tier));
-        }
-        if (tier < 0) {
-            tier = (long)cfg->default_tier;
-        }
+        int64_t allowance = 0;
+        size_t tier = store_tenant_plan(cfg, t[i].tenant_id, t[i].plan_tier, &allowance);
         const struct px_tier_cfg *tc = &cfg->tiers[tier];
-        int64_t allowance = tc->monthly_tokens;
-        if (ten >= 0 && cfg->tenants[ten].monthly_tokens > 0) {
-            allowance = cfg->tenants[ten].monthly_tokens;
-        }
         base += tc->price_pence;
-        if (t[i].total_tokens > allowance) {
-            /* Exact to the token, rounded half up to the penny; 128-bit so a large
-             * allowance times a large price cannot overflow. */
-            __extension__ unsigned __int128 over =
-                (unsigned __int128)(t[i].total_tokens - allowance);
-            over = over * (unsigned __int128)tc->overage_pence_per_mtok + 500000;
-            overage += (int64_t)(over / 1000000);
+        if (tc->overage == PX_OVERAGE_BILL && t[i].total_tokens > allowance) {
+            overage +=
+                store_overage_pence(t[i].total_tokens - allowance, tc->overage_pence_per_mtok);
+        }
+    }
+    for (size_t k = 0; k < cfg->ntenants && cfg->ntiers > 0; k++) {
+        int seen = !cfg->tenants[k].pinned;
+        for (size_t i = 0; i < n && !seen; i++) {
+            seen = strcmp(t[i].tenant_id, cfg->tenants[k].id) == 0;
+        }
+        if (!seen) {
+            int64_t allowance;
+            base += cfg->tiers[store_tenant_plan(cfg, cfg->tenants[k].id, NULL, &allowance)]
+                        .price_pence;
         }
     }
     if (base_out != NULL) {

@@ -84,11 +84,13 @@ struct scale_tenant_usage {
     int64_t total_tokens;  /* this month */
 };
 
-/* This month's revenue in pence from the active tenants (those with usage): each pays its
- * tier's price_gbp plus overage_gbp_per_million for every 1M tokens over its allowance
- * (prorated to the token, rounded to the penny). The tier is the tenant's pinned tier, else
- * the tier its latest row recorded, else default_tier; the allowance is the tenant's
- * monthly_tokens override, else its tier's. *base and *overage (may be NULL) get the parts. */
+/* This month's revenue in pence, counted the way privax bill counts it: each tenant with usage
+ * pays its tier's price_gbp, plus overage_gbp_per_million pro rata for the tokens over its
+ * allowance when the tier bills overage (rounded to the penny); tenants pinned to a tier in
+ * the config pay its price even without usage. Tier and allowance come from
+ * store_tenant_plan() (pinned tier, else the tier of the latest row, else default_tier;
+ * the tenant's monthly_tokens override, else the tier's). *base and *overage (may be NULL)
+ * get the parts. */
 int64_t scale_revenue_pence(const struct px_config *cfg, const struct scale_tenant_usage *t,
                             size_t n, int64_t *base, int64_t *overage);
 

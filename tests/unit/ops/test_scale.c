@@ -204,7 +204,7 @@ static void test_scan_many_users(void **state)
     scale_scan_free(s);
 }
 
-static struct px_tier_cfg tiers[2] = {
+static struct px_tier_cfg tiers[3] = {
     {.name = "starter",
      .monthly_tokens = 5000000,
      .price_pence = 3900,
@@ -213,19 +213,25 @@ static struct px_tier_cfg tiers[2] = {
      .monthly_tokens = 25000000,
      .price_pence = 14900,
      .overage_pence_per_mtok = 500},
+    {.name = "capped",
+     .monthly_tokens = 1000,
+     .price_pence = 1000,
+     .overage_pence_per_mtok = 500,
+     .overage = PX_OVERAGE_BLOCK},
 };
-static struct px_tenant_cfg tenants[2] = {
+static struct px_tenant_cfg tenants[3] = {
     {.id = "pinned", .tier = 1, .pinned = 1},
     {.id = "small", .tier = 0, .monthly_tokens = 1000000},
+    {.id = "idle", .tier = 1, .pinned = 1},
 };
 
 static void cfg_init(struct px_config *cfg)
 {
     memset(cfg, 0, sizeof(*cfg));
     cfg->tiers = tiers;
-    cfg->ntiers = 2;
+    cfg->ntiers = 3;
     cfg->tenants = tenants;
-    cfg->ntenants = 2;
+    cfg->ntenants = 3;
     cfg->default_tier = 0;
     scale_config_defaults(cfg);
 }
@@ -243,13 +249,16 @@ static void test_revenue(void **state)
         {"pro-user", "pro", 25000000}, /* exactly the allowance: 149.00 */
         {"odd", "starter", 5000001},   /* 1 token over: 0.0005p rounds to 0 */
         {"half", "starter", 5001000},  /* 1000 over: 0.5p rounds up to 1 */
+        {"blocked", "capped", 5000},   /* a tier that blocks: no overage charge */
     };
     int64_t base, over;
     int64_t total = scale_revenue_pence(&cfg, t, sizeof(t) / sizeof(t[0]), &base, &over);
-    assert_int_equal(base, 14900 + 3900 + 3900 + 3900 + 14900 + 3900 + 3900);
-    assert_int_equal(over, 750 + 500 + 0 + 0 + 0 + 1);
+    /* ... and "idle", pinned to pro with no usage, pays pro's price too. */
+    assert_int_equal(base, 14900 + 3900 + 3900 + 3900 + 14900 + 3900 + 3900 + 1000 + 14900);
+    assert_int_equal(over, 750 + 500 + 0 + 0 + 0 + 1 + 0);
     assert_int_equal(total, base + over);
-    assert_int_equal(scale_revenue_pence(&cfg, t, 0, NULL, NULL), 0);
+    /* No usage at all: the pinned tenants' subscriptions. */
+    assert_int_equal(scale_revenue_pence(&cfg, t, 0, NULL, NULL), 2 * 14900);
 }
 
 static void test_evaluate(void **state)
