@@ -12,6 +12,7 @@ PKGS=(
   # test and run (python3: tests/run and the integration suite, standard library only)
   python3 sqlite3 valgrind curl netcat-openbsd nodejs npm
   clickhouse-server clickhouse-client nginx redis-server
+  prometheus  # promtool: tests check /metrics with `promtool check metrics`
   # load tools
   wrk nghttp2-client hyperfine
 )
