@@ -465,7 +465,9 @@ static int scan_dir(struct usage_spool *sp)
         }
     }
     closedir(d);
-    qsort(sp->segs, sp->nsegs, sizeof(*sp->segs), cmp_seg);
+    if (sp->nsegs > 1) {
+        qsort(sp->segs, sp->nsegs, sizeof(*sp->segs), cmp_seg);
+    }
     return 0;
 }
 
