@@ -13,7 +13,9 @@ real `privax sim` processes as the backends of one model behind one `privax serv
 Which backend a request goes to is deterministic when nothing is in flight: the least loaded,
 ties to the first listed; tests use that to know where a fault lands."""
 
+import json
 import signal
+import socket
 import threading
 import time
 import unittest
@@ -335,20 +337,39 @@ class QueueTest(PoolTestCase):
         self.assertTrue(all(x["status_code"] == 200 for x in rows), rows)
         self.assertEqual(self.health()["queue"]["length"], 0)
 
-    def blocker(self, gw, max_tokens, tenant="blocker", tier=None):
-        """A long request on its own thread; returns (thread, result dict)."""
-        res = {}
+    def hold_slot(self, sim, gw, model=MODEL, tenant="blocker", tier=None):
+        """Take a backend slot until release_slot(): a request the sim never answers (fault
+        hang), sent on a raw socket. Closing that socket is a client hang-up: the gateway
+        cancels the upstream request and frees the slot, so tests wait for events, not for a
+        generation of some length."""
+        sim.fault("hang", 1)
+        before = sim.stats()["active"]
+        body = json.dumps(chat_body(model=model, max_tokens=5)).encode("utf-8")
         hdr = auth_headers(tenant=tenant, **({"X-Plan-Tier": tier} if tier else {}))
-        t = threading.Thread(target=lambda: res.setdefault(
-            "r", gw.chat(model=MODEL, max_tokens=max_tokens, headers=hdr, timeout=T(120))), daemon=True)
+        head = "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n" + "".join(
+            "%s: %s\r\n" % kv for kv in hdr.items()) + \
+            "Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+        sock = socket.create_connection(("127.0.0.1", gw.port), timeout=T(30))
+        self.addCleanup(sock.close)
+        sock.sendall(head.encode("latin-1") + body)
+        wait_for(lambda: sim.stats()["active"] == before + 1, T(10), "the slot holder to reach the sim")
+        return sock
+
+    def release_slot(self, sim, sock):
+        active = sim.stats()["active"]
+        sock.close()
+        wait_for(lambda: sim.stats()["active"] < active, T(10), "the slot holder to be cancelled")
+
+    def in_thread(self, fn):
+        res = {}
+        t = threading.Thread(target=lambda: res.setdefault("r", fn()), daemon=True)
         t.start()
         return t, res
 
     def test_queue_timeout_is_503_with_retry_after(self):
-        (s1,) = self.sims(1, tps=20)
+        (s1,) = self.sims(1)
         gw = self.pool([s1], max_concurrency=1, queue={"max_length": 10, "timeout_ms": 300})
-        t, res = self.blocker(gw, int(20 * T(3)))   # ~3 s at 20 tokens/s
-        wait_for(lambda: s1.stats()["active"] == 1, T(10), "the blocker to be generating")
+        holder = self.hold_slot(s1, gw)
         for stream in (False, True):
             with self.subTest(stream=stream):
                 rid = "qt-%d" % stream
@@ -363,70 +384,67 @@ class QueueTest(PoolTestCase):
                                  (503, "queue_timeout", ""), row)
                 self.assertGreaterEqual(row["queue_ms"], 300, row)
         self.assertEqual(s1.stats()["requests"], 1, "a timed-out request reached the backend")
-        t.join(T(120))
-        self.assertEqual(res["r"].status, 200, res)
+        self.assertEqual(self.health()["queue"]["length"], 0)
+        self.release_slot(s1, holder)
+        self.chat_ok()
 
     def test_queue_max_length_rejects_at_once(self):
-        (s1,) = self.sims(1, tps=20)
+        (s1,) = self.sims(1)
         gw = self.pool([s1], max_concurrency=1, queue={"max_length": 1, "timeout_ms": 600000})
-        t, res = self.blocker(gw, int(20 * T(3)))
-        wait_for(lambda: s1.stats()["active"] == 1, T(10), "the blocker to be generating")
-        t2, res2 = self.blocker(gw, 5, tenant="waiter")
+        holder = self.hold_slot(s1, gw)
+        t2, res2 = self.in_thread(lambda: gw.chat(model=MODEL, max_tokens=5, timeout=T(60),
+                                                  headers=auth_headers(tenant="waiter")))
         wait_for(lambda: self.health()["queue"]["length"] == 1, T(10), "one request waiting")
-        r = gw.chat(model=MODEL, max_tokens=5, headers=auth_headers(**{"X-Request-ID": "full"}))
-        e = self.assertErrorJSON(r, 503)
-        self.assertIsNotNone(r.header("Retry-After"), r)
-        # Answered while the blocker still runs and the other still waits: not after a wait.
-        self.assertEqual(s1.stats()["active"], 1)
+        for stream in (False, True):
+            rid = "full-%d" % stream
+            r = gw.chat(model=MODEL, max_tokens=5, stream=stream,
+                        headers=auth_headers(**{"X-Request-ID": rid}))
+            e = self.assertErrorJSON(r, 503)
+            self.assertIsNotNone(r.header("Retry-After"), r)
+            row = gw.wait_rows(1, "request_id = ?", (rid,))[0]
+            self.assertEqual((row["status_code"], row["error_code"]), (503, e["code"]), row)
+        # Answered while the slot is still taken and the other still waits: not after a wait.
         self.assertEqual(self.health()["queue"]["length"], 1)
-        row = gw.wait_rows(1, "request_id = 'full'")[0]
-        self.assertEqual((row["status_code"], row["error_code"]), (503, e["code"]), row)
-        t.join(T(120))
-        t2.join(T(120))
-        self.assertEqual(res["r"].status, 200, res)
-        self.assertEqual(res2["r"].status, 200, res2)
+        self.assertFalse(res2)
+        self.release_slot(s1, holder)
+        t2.join(T(60))
+        self.assertCompletion(res2["r"])
         waiter = gw.wait_rows(1, "tenant_id = 'waiter'")[0]
         self.assertGreater(waiter["queue_ms"], 0, waiter)
+        self.assertEqual(s1.stats()["requests"], 2)
 
     def test_queue_max_length_0_means_no_waiting(self):
-        (s1,) = self.sims(1, tps=20)
+        (s1,) = self.sims(1)
         gw = self.pool([s1], max_concurrency=1, queue={"max_length": 0, "timeout_ms": 600000})
-        t, res = self.blocker(gw, int(20 * T(3)))
-        wait_for(lambda: s1.stats()["active"] == 1, T(10), "the blocker to be generating")
+        holder = self.hold_slot(s1, gw)
         for stream in (False, True):
             r = gw.chat(model=MODEL, max_tokens=5, stream=stream)
             self.assertErrorJSON(r, 503)
             self.assertIsNotNone(r.header("Retry-After"), r)
-            self.assertEqual(s1.stats()["active"], 1)
-        t.join(T(120))
-        self.assertEqual(res["r"].status, 200)
+        self.assertEqual(s1.stats()["requests"], 1)
+        self.release_slot(s1, holder)
         self.chat_ok()
 
     def test_higher_tier_is_served_first_from_the_queue(self):
+        # Queued requests take ~0.1 s each (2 tokens at 20/s), so dispatch times are distinct.
         (s1,) = self.sims(1, tps=20)
         gw = self.pool([s1], max_concurrency=1)
-        t, res = self.blocker(gw, int(20 * T(3)), tier="starter")
-        wait_for(lambda: s1.stats()["active"] == 1, T(10), "the blocker to be generating")
+        holder = self.hold_slot(s1, gw, tier="starter")
         waiting = []
         order = [("s1", "starter"), ("s2", "starter"), ("p1", "pro"), ("s3", "starter"),
                  ("e1", "enterprise")]
         for n, (name, tier) in enumerate(order):
-            th = threading.Thread(target=lambda name=name, tier=tier: gw.chat(
-                model=MODEL, max_tokens=2, timeout=T(120),
+            waiting.append(self.in_thread(lambda name=name, tier=tier: gw.chat(
+                model=MODEL, max_tokens=2, timeout=T(60),
                 headers=auth_headers(tenant="t-" + name, **{"X-Plan-Tier": tier,
-                                                            "X-Request-ID": "prio-" + name})),
-                daemon=True)
-            th.start()
-            waiting.append(th)
+                                                            "X-Request-ID": "prio-" + name}))))
             wait_for(lambda: self.health()["queue"]["length"] == n + 1, T(10),
                      "%s to be queued" % name)
-        self.assertEqual(s1.stats()["active"], 1, "the blocker must still be running")
-        t.join(T(120))
-        for th in waiting:
-            th.join(T(120))
+        self.release_slot(s1, holder)
+        for t, res in waiting:
+            t.join(T(60))
+            self.assertEqual(res["r"].status, 200, res)
         rows = gw.wait_rows(5, "request_id LIKE 'prio-%'")
-        for x in rows:
-            self.assertEqual(x["status_code"], 200, x)
         # Dispatch time = arrival + queue wait.
         dispatched = sorted(rows, key=lambda x: x["event_time"] + x["queue_ms"])
         got = [x["request_id"][5:] for x in dispatched]
@@ -437,7 +455,7 @@ class QueueTest(PoolTestCase):
     def test_a_busy_model_does_not_hold_up_another_models_request(self):
         """Requests waiting for model A's only slot must not make a request for model B, whose
         backend is idle, wait behind them."""
-        (s1,) = self.sims(1, tps=20)
+        (s1,) = self.sims(1)
         backends = [
             {"name": "a", "url": s1.url, "protocol": "openai", "max_concurrency": 1, "max_fails": 100},
             {"name": "b", "url": s1.url, "protocol": "ollama", "max_concurrency": 1, "max_fails": 100},
@@ -446,21 +464,25 @@ class QueueTest(PoolTestCase):
             backends, [{"name": OPENAI_MODEL, "backends": ["a"]}, {"name": OLLAMA_MODEL, "backends": ["b"]}],
             health={"interval_ms": 0}, queue={"max_length": 100, "timeout_ms": 600000})
         gw = self.gw = self.h.start_gateway(cfg)
-        t, res = self.blocker(gw, int(20 * T(3)))            # model A's slot, ~3 s
-        wait_for(lambda: s1.stats()["active"] == 1, T(10), "the blocker to be generating")
-        t2, res2 = self.blocker(gw, 5, tenant="a-waiter")     # waits for model A
+        holder = self.hold_slot(s1, gw, model=OPENAI_MODEL)          # model A's only slot
+        t2, res2 = self.in_thread(lambda: gw.chat(model=OPENAI_MODEL, max_tokens=5, timeout=T(60),
+                                                  headers=auth_headers(tenant="a-waiter")))
         wait_for(lambda: self.health()["queue"]["length"] == 1, T(10), "a request for A waiting")
-        r = gw.chat(model=OLLAMA_MODEL, max_tokens=5, headers=auth_headers(**{"X-Request-ID": "model-b"}))
-        blocker_done = "r" in res
+        try:
+            r = gw.chat(model=OLLAMA_MODEL, max_tokens=5, timeout=T(5),
+                        headers=auth_headers(**{"X-Request-ID": "model-b"}))
+        except OSError as e:   # socket.timeout
+            h = self.health()
+            self.fail("a request for model B, whose backend is idle (%r), got no answer within "
+                      "%.0f s: it waits behind model A's queue (queue length %d) (%r)" % (
+                          self.backend("b", h), T(5), h["queue"]["length"], e))
         self.assertCompletion(r)
+        self.assertFalse(res2, "model A's waiter finished first")
         row = gw.wait_rows(1, "request_id = 'model-b'")[0]
         self.assertEqual((row["status_code"], row["backend"]), (200, "b"), row)
-        self.assertFalse(blocker_done, "the request for model B (idle backend) was answered only after "
-                         "model A's blocker finished: it waited %d ms behind model A's queue" % row["queue_ms"])
-        t.join(T(120))
-        t2.join(T(120))
-        self.assertEqual(res2["r"].status, 200, res2)
-
+        self.release_slot(s1, holder)
+        t2.join(T(60))
+        self.assertCompletion(res2["r"])
 
 if __name__ == "__main__":
     unittest.main()
