@@ -443,6 +443,15 @@ class MonthlyQuotaTest(LimitsTestCase):
         for x in rows:
             self.assertEqual(x["overage"], 1, "a request past the allowance is not marked overage: %r" % x)
             self.assertEqual(x["status_code"], 200, x)
+        # privax usage: the tenant's tier, allowance, share used and overage.
+        gw.wait_rows(4, "tenant_id = ? AND node_id = 'it-node'", ("bil",))
+        u = self.h.usage_json(gw.config_path, "--tenant", "bil")
+        self.assertEqual(len(u), 1, u)
+        used = self.ALLOWANCE - total + 1 + 4 * total
+        self.assertEqual((u[0]["tenant"], u[0]["tier"], u[0]["total_tokens"], u[0]["allowance"]),
+                         ("bil", "pro", used, self.ALLOWANCE), u)
+        self.assertAlmostEqual(u[0]["used_pct"], round(used * 100.0 / self.ALLOWANCE, 1), places=1)
+        self.assertEqual(u[0]["overage_tokens"], 3 * total, u)
 
     def test_quota_warning_header_from_the_request_at_80_percent(self):
         reserved, total = learn_counts()
@@ -562,11 +571,12 @@ class RedisLimitsTest(LimitsTestCase):
         wait_for(lambda: self.redis.command("GET", self.month_key(tenant)) == str(used), T(10),
                  "Redis to hold %d tokens for %s" % (used, tenant))
 
-    def gateway(self, name, tiers, policy="open", nodes=2, sim=None, redis_timeout_ms=2000):
+    def gateway(self, name, tiers, policy="open", nodes=2, sim=None, redis_timeout_ms=2000,
+                tenants=()):
         sim = sim or self.sim
         data = self.h.path("data-%s" % name)
         cfg = self.h.sim_config(
-            sim, max_concurrency=64, tiers=tiers, node_id=name, data_dir=data,
+            sim, max_concurrency=64, tiers=tiers, node_id=name, data_dir=data, tenants=list(tenants),
             store={"sqlite": os.path.join(data, "usage.db")},
             limits={"redis": self.redis.url, "on_redis_error": policy, "nodes": nodes,
                     "redis_timeout_ms": int(T(redis_timeout_ms))})
@@ -599,9 +609,11 @@ class RedisLimitsTest(LimitsTestCase):
         reserved, total = learn_counts()
         k = 5
         tiers = {"starter": tier(tpm=k * reserved)}
+        # Tenant "seq": room for one reservation plus 3 real requests.
+        tenants = [{"id": "seq", "tpm": 3 * total + reserved}]
         slow = self.h.start_sim(name="slow-sim", tps=10)
-        g1 = self.gateway("n1", tiers, sim=slow)
-        g2 = self.gateway("n2", tiers, sim=slow)
+        g1 = self.gateway("n1", tiers, sim=slow, tenants=tenants)
+        g2 = self.gateway("n2", tiers, sim=slow, tenants=tenants)
         rs, spread = burst([g1.port, g2.port], 14, auth_headers(tenant="tok"), small_body())
         ok = [r for r in rs if r.status == 200]
         self.assertEqual(len(ok), k, "admitted %d, tpm %d = %d x %d (burst within %.3f s): %r" % (
@@ -617,6 +629,16 @@ class RedisLimitsTest(LimitsTestCase):
                 self.assert429(g.chat(small_body(), headers=auth_headers(tenant="tok")),
                                "tokens_per_minute_exceeded", "tokens per minute")
         self.assertIn("privax:{tok}:tpm", self.redis.keys())
+        # One request at a time, alternating nodes: each is settled with its real count before
+        # the next, so n fit while (n - 1) x real + reserved <= tpm: exactly 4.
+        got = []
+        for i in range(6):
+            r = (g1, g2)[i % 2].chat(small_body(), headers=auth_headers(tenant="seq"))
+            got.append(r.status)
+            if r.status != 200:
+                self.assert429(r, "tokens_per_minute_exceeded", "tokens per minute")
+        self.assertEqual(got, [200, 200, 200, 200, 429, 429],
+                         "tpm %d = 3 x %d real + %d reserved" % (3 * total + reserved, total, reserved))
 
     def test_redis_killed_open_falls_back_to_local_limits_and_resumes(self):
         tiers = {"starter": tier(rpm=20)}
