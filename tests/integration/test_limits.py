@@ -719,23 +719,23 @@ class RedisLimitsTest(LimitsTestCase):
             self.redis.kill()   # with privax's EVALSHA unread: a TCP reset
         problems = []
         try:
-            self.wait_limits_mode(gw, "degraded", T(5))
+            self.wait_limits_mode(gw, "degraded", T(3))
             r = gw.chat(small_body(), headers=hdr)
             self.assertErrorJSON(r, 503, code="limits_unavailable")
         except AssertionError as e:
             problems.append("privax did not notice that Redis died with a command in flight (TCP "
-                            "reset): /health still says limits=%r 5 s later (%s)" % (
-                                self.health(gw)["limits"], str(e)[:200]))
+                            "reset): /health still says limits=%r %.0f s later (%s)" % (
+                                self.health(gw)["limits"], T(3), str(e)[:200]))
         self.redis.start()
         try:
-            self.wait_limits_mode(gw, "redis", T(5))
+            self.wait_limits_mode(gw, "redis", T(3))
             self.assertCompletion(gw.chat(small_body(), headers=hdr))
             self.assertIn("privax:{crash}:rpm", self.redis.keys())
         except AssertionError as e:
             r = gw.chat(small_body(), headers=hdr)
-            problems.append("Redis restarted, but privax did not reconnect within 5 s: /health "
+            problems.append("Redis restarted, but privax did not reconnect within %.0f s: /health "
                             "says limits=%r, a request gets %d %s, Redis keys %r (%s)" % (
-                                self.health(gw)["limits"], r.status, r.body[:120],
+                                T(3), self.health(gw)["limits"], r.status, r.body[:120],
                                 self.redis.keys(), str(e)[:200]))
         if problems:
             self.fail("\n".join(problems))

@@ -469,13 +469,13 @@ class QueueTest(PoolTestCase):
                                                   headers=auth_headers(tenant="a-waiter")))
         wait_for(lambda: self.health()["queue"]["length"] == 1, T(10), "a request for A waiting")
         try:
-            r = gw.chat(model=OLLAMA_MODEL, max_tokens=5, timeout=T(5),
+            r = gw.chat(model=OLLAMA_MODEL, max_tokens=5, timeout=T(3),
                         headers=auth_headers(**{"X-Request-ID": "model-b"}))
         except OSError as e:   # socket.timeout
             h = self.health()
             self.fail("a request for model B, whose backend is idle (%r), got no answer within "
                       "%.0f s: it waits behind model A's queue (queue length %d) (%r)" % (
-                          self.backend("b", h), T(5), h["queue"]["length"], e))
+                          self.backend("b", h), T(3), h["queue"]["length"], e))
         self.assertCompletion(r)
         self.assertFalse(res2, "model A's waiter finished first")
         row = gw.wait_rows(1, "request_id = 'model-b'")[0]
