@@ -1,12 +1,15 @@
 /* POST /v1/chat/completions, top to bottom:
  *
- *   gw_chat_handle   identify (headers) -> parse (body) -> admit -> route
- *   chat_route       a backend slot now, or wait in the FIFO queue (bounded, timed)
+ *   gw_chat_handle   identify (headers) -> parse (body) -> chat_admit
+ *   chat_admit       max context, then the limiter (rpm, tpm, monthly; maybe async in Redis)
+ *   chat_route       a healthy backend slot now, or wait in the queue (tier priority, bounded,
+ *                    timed)
  *   chat_dispatch    build the backend request (provider adapter), start it on curl
  *   on_up_data       stream: frame events, translate, write each one as soon as complete
  *                    JSON: collect (capped)
- *   on_up_done       finish: closing usage chunk + [DONE], or the JSON answer, or an error
- *   chat_done        release the slot, meter one usage row, free
+ *   on_up_done       finish: closing usage chunk + [DONE], or the JSON answer, or failover
+ *                    to another backend (chat_retry), or an error
+ *   chat_done        release the slot, settle the limits, meter one usage row, free
  *
  * A client that goes away is noticed by the HTTP server (chat_on_abort): the upstream
  * request is cancelled at once (its connection closed, so the GPU stops generating) and the
