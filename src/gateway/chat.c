@@ -67,6 +67,8 @@ struct gw_chat {
 };
 
 static void chat_route(struct gw_chat *c);
+static void chat_reject_busy(struct gw_chat *c);
+static void chat_enqueue(struct gw_chat *c);
 static int chat_retry(struct gw_chat *c);
 static void chat_done(struct gw_chat *c);
 
@@ -101,7 +103,9 @@ static void chat_headers(struct gw_chat *c)
     }
     struct lim_decision peek;
     const struct lim_decision *d = &c->dec;
-    if (!c->has_dec) {
+    if (!c->has_dec || c->dec.verdict == LIM_UNAVAILABLE) {
+        /* No decision (refused before admission, or the shared store did not answer): report
+         * this node's own view of the tenant's state. */
         lim_plan_for(c->gw->cfg, c->id.tenant_id, c->id.tier, &c->plan);
         lim_peek(c->gw->lim, c->id.tenant_id, &c->plan, &peek);
         d = &peek;
@@ -427,8 +431,19 @@ static void chat_route(struct gw_chat *c)
 {
     struct gateway *gw = c->gw;
     /* Requests already waiting go first: a newcomer may only skip the queue when it is empty. */
-    long b = gw->queue_len == 0 ? gw_pool_pick(gw, c->body.model, c->tried, c->ntried)
-                                : GW_POOL_BUSY;
+    if (gw->queue_len > 0) {
+        /* Others are waiting: join the queue and let the pump decide, so a request never
+         * overtakes an older or higher-priority one for the same model, and is not held up by
+         * requests for a busy other model. */
+        if (gw->queue_len >= gw->queue_max) {
+            chat_reject_busy(c);
+            return;
+        }
+        chat_enqueue(c);
+        gw_queue_pump(gw);
+        return;
+    }
+    long b = gw_pool_pick(gw, c->body.model, c->tried, c->ntried);
     if (b >= 0) {
         chat_dispatch(c, b);
         return;
@@ -438,13 +453,24 @@ static void chat_route(struct gw_chat *c)
         return;
     }
     if (gw->queue_len >= gw->queue_max) {
-        struct gw_error e;
-        gw_error_set(&e, 503, "server_error", "backend_busy",
-                     "every backend slot is busy and %zu requests are already waiting",
-                     gw->queue_len);
-        chat_reject(c, &e);
+        chat_reject_busy(c);
         return;
     }
+    chat_enqueue(c);
+}
+
+static void chat_reject_busy(struct gw_chat *c)
+{
+    struct gw_error e;
+    gw_error_set(&e, 503, "server_error", "backend_busy",
+                 "every backend slot is busy and %zu requests are already waiting",
+                 c->gw->queue_len);
+    chat_reject(c, &e);
+}
+
+static void chat_enqueue(struct gw_chat *c)
+{
+    struct gateway *gw = c->gw;
     c->queued = 1;
     if (c->priority > gw->queue_max_priority) {
         gw->queue_max_priority = c->priority;

@@ -25,6 +25,34 @@ static void send_json(struct http_req *req, int status, const char *request_id, 
     free(s);
 }
 
+/* "down" when no model has a backend that can serve (nginx should stop sending traffic here:
+ * 503), "degraded" when something an operator must look at is wrong but requests are served
+ * (a backend down, limits without Redis, billing rows at risk), else "ok". */
+static const char *node_status(struct gateway *gw, int usage_degraded)
+{
+    uint64_t now = px_mono_ms();
+    int any_down = 0;
+    int models_served = 0;
+    for (size_t i = 0; i < gw->cfg->nbackends; i++) {
+        any_down |= health_state(gw->health, i, now) == HEALTH_DOWN;
+    }
+    for (size_t m = 0; m < gw->cfg->nmodels; m++) {
+        const struct px_model_cfg *mc = &gw->cfg->models[m];
+        int served = 0;
+        for (size_t k = 0; k < mc->nbackends; k++) {
+            served |= health_state(gw->health, mc->backends[k], now) != HEALTH_DOWN;
+        }
+        models_served += served;
+    }
+    if (models_served == 0) {
+        return "down";
+    }
+    if (any_down || usage_degraded || strcmp(lim_mode(gw->lim), "degraded") == 0) {
+        return "degraded";
+    }
+    return "ok";
+}
+
 static void handle_health(struct gateway *gw, struct http_req *req)
 {
     json_t *backends = json_array();
@@ -57,15 +85,16 @@ static void handle_health(struct gateway *gw, struct http_req *req)
         "shipped", (json_int_t)us.shipped, "ship_failures", (json_int_t)us.ship_failures,
         "spool_full_events", (json_int_t)us.spool_full_events, "dropped", (json_int_t)us.dropped,
         "rejected", (json_int_t)us.rejected, "last_error", us.last_error);
+    const char *status = node_status(gw, degraded);
     json_t *j = json_pack(
-        "{s:s,s:s,s:s,s:I,s:I,s:{s:I,s:I},s:o,s:o}", "status", degraded ? "degraded" : "ok",
+        "{s:s,s:s,s:s,s:I,s:I,s:{s:I,s:I},s:o,s:o}", "status", status,
         "limits", lim_mode(gw->lim), "node_id", gw->cfg->node_id, "uptime_s",
         (json_int_t)((px_mono_ms() - gw->started_ms) / 1000), "inflight", (json_int_t)gw->inflight,
         "queue", "length", (json_int_t)gw->queue_len, "oldest_wait_ms", (json_int_t)oldest,
         "backends", backends, "usage", usage);
     json_object_set_new(j, "gpus", gpu_sampler_gpus_json(gw->gpu, gw->cfg));
     json_object_set_new(j, "gpu", gpu_sampler_status_json(gw->gpu));
-    send_json(req, 200, NULL, j);
+    send_json(req, strcmp(status, "down") == 0 ? 503 : 200, NULL, j);
 }
 
 /* GET /metrics: the Prometheus text exposition (src/metrics), no auth, like /health. */

@@ -36,6 +36,8 @@ void lim__pending_release(struct limiter *l, struct lim_pending *p);
 /* Visit every tenant's month-to-date usage (to seed Redis). */
 void lim__each_month(struct limiter *l, void (*fn)(void *ud, const char *tenant, int64_t used),
                      void *ud);
+/* Milliseconds until the next month starts (UTC): when a monthly refusal ends. */
+int64_t lim__ms_to_next_month(void);
 /* Current month as YYYYMM (UTC). */
 int lim__month_key(void);
 

@@ -139,7 +139,7 @@ void lim_plan_for(const struct px_config *cfg, const char *tenant, size_t tier,
 }
 
 /* Milliseconds from now to the first second of next month (UTC). */
-static int64_t ms_to_next_month(void)
+int64_t lim__ms_to_next_month(void)
 {
     time_t now = time(NULL);
     struct tm tm;
@@ -180,7 +180,7 @@ static void local_decide(struct limiter *l, struct lim_tenant *t, const struct l
         d->retry_after_ms = w / 1000000 + 1;
     } else if (p->block_at_allowance && d->overage) {
         d->verdict = LIM_MONTHLY;
-        d->retry_after_ms = ms_to_next_month();
+        d->retry_after_ms = lim__ms_to_next_month();
     } else if (commit) {
         t->rpm_tat_ns = lim_gcra_take(t->rpm_tat_ns, &rpm, now, 1);
         t->tpm_tat_ns = lim_gcra_take(t->tpm_tat_ns, &tpm, now, reserve);

@@ -353,7 +353,7 @@ static void on_admit_reply(redisAsyncContext *ac, void *reply, void *privdata)
     d.overage = d.month_used >= d.month_allowance;
     d.warn = d.month_used * 5 >= d.month_allowance * 4;
     if (d.verdict == LIM_MONTHLY) {
-        d.retry_after_ms = 3600 * 1000; /* a new month or a plan change; check back hourly */
+        d.retry_after_ms = lim__ms_to_next_month();
     }
     lim__note_month(p->l, p->tenant, d.month_used);
     lim__answer(p->l, p, &d);

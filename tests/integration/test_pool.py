@@ -57,9 +57,13 @@ class PoolTestCase(TestCase):
         return self.gw
 
     def health(self):
+        # 200 while some model can be served (status ok or degraded); 503 when none can
+        # (status down), so nginx and the check script stop sending traffic to this node.
         r = self.gw.get("/health")
-        self.assertEqual(r.status, 200, r)
-        return r.json()
+        j = r.json()
+        self.assertEqual(r.status, 503 if j["status"] == "down" else 200, r)
+        self.assertIn(j["status"], ("ok", "degraded", "down"), r)
+        return j
 
     def backend(self, name, health=None):
         for b in (health or self.health())["backends"]:
@@ -277,8 +281,10 @@ class FailoverTest(PoolTestCase):
         b2 = self.backend("b2")
         self.assertTrue(b2["last_error"], b2)
         self.assertEqual(self.backend("b1")["state"], "up")
+        self.assertEqual(self.health()["status"], "degraded")
         kill(s1)
         self.wait_state("b1", "down")
+        self.assertEqual(self.health()["status"], "down")
         r = self.gw.chat(model=MODEL, max_tokens=5)
         e = self.assertErrorJSON(r, 502)
         self.assertIn(MODEL, e["message"], r)
