@@ -121,6 +121,14 @@ static int ch_post(struct store_ch *c, const char *query_param, const char *body
     }
     buf_reset(&c->resp);
     c->status = 0;
+    /* An INSERT never goes over a reused connection: when a kept-alive connection turns out to
+     * be dead, libcurl silently sends the request again on a new one, and if the server had
+     * in fact received and run the first copy (e.g. while shutting down) the rows land twice
+     * with no error for us to see. A fresh connection per INSERT costs one loopback or LAN
+     * connect per batch. */
+    long fresh = query_param != NULL ? 1L : 0L;
+    curl_easy_setopt(c->curl, CURLOPT_FRESH_CONNECT, fresh);
+    curl_easy_setopt(c->curl, CURLOPT_FORBID_REUSE, fresh);
     curl_easy_setopt(c->curl, CURLOPT_URL, url);
     curl_easy_setopt(c->curl, CURLOPT_POST, 1L);
     curl_easy_setopt(c->curl, CURLOPT_POSTFIELDS, body);
@@ -234,7 +242,8 @@ static int encode_row(struct buf *b, const struct usage_event *e)
     JS(request_id)
     JS(tenant_id)
     JS(user_id)
-    JS(api_key_id) JS(plan_tier) JS(model_name) JS(provider) JS(backend) JS(request_type) JI(stream)
+    JS(api_key_id)
+    JS(plan_tier) JS(model_name) JS(provider) JS(backend) JS(request_type) JI(stream)
         JI(prompt_tokens) JI(completion_tokens) JI(total_tokens) JI(usage_estimated) JI(queue_ms)
             JI(ttft_ms) JI(latency_ms) JI(status_code) JI(success) JS(error_code) JI(input_chars)
                 JI(output_chars) JI(gpu_id) JS(node_id) JI(overage)
