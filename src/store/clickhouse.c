@@ -239,20 +239,18 @@ static int encode_row(struct buf *b, const struct usage_event *e)
     rc = rc ? rc : buf_append_str(b, ",\"" #name "\":");                                           \
     rc = rc ? rc : json_quote(b, e->name);
 #define JI(name) rc = rc ? rc : buf_printf(b, ",\"" #name "\":%lld", (long long)e->name);
-    JS(request_id)
-    JS(tenant_id)
-    JS(user_id)
-    JS(api_key_id)
-    JS(plan_tier) JS(model_name) JS(provider) JS(backend) JS(request_type) JI(stream)
-        JI(prompt_tokens) JI(completion_tokens) JI(total_tokens) JI(usage_estimated) JI(queue_ms)
-            JI(ttft_ms) JI(latency_ms) JI(status_code) JI(success) JS(error_code) JI(input_chars)
-                JI(output_chars) JI(gpu_id) JS(node_id) JI(overage)
+    /* One column per entry, in insert_cols order (left alone by clang-format). */
+    /* clang-format off */
+    JS(request_id) JS(tenant_id) JS(user_id) JS(api_key_id) JS(plan_tier) JS(model_name)
+    JS(provider) JS(backend) JS(request_type) JI(stream) JI(prompt_tokens) JI(completion_tokens)
+    JI(total_tokens) JI(usage_estimated) JI(queue_ms) JI(ttft_ms) JI(latency_ms) JI(status_code)
+    JI(success) JS(error_code) JI(input_chars) JI(output_chars) JI(gpu_id) JS(node_id) JI(overage);
+    /* clang-format on */
 #undef JS
 #undef JI
-                    rc =
-                        rc ? rc
-                           : buf_printf(b, ",\"spool_id\":%" PRIu64 ",\"spool_seq\":%" PRIu64 "}\n",
-                                        e->spool_id, e->spool_seq);
+    rc = rc ? rc
+            : buf_printf(b, ",\"spool_id\":%" PRIu64 ",\"spool_seq\":%" PRIu64 "}\n", e->spool_id,
+                         e->spool_seq);
     return rc;
 }
 

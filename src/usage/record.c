@@ -26,17 +26,18 @@
 #define REC_VERSION 1
 
 /* The string fields in record order, with their array sizes. */
+/* An X-macro list (clang-format 14 reflows these unstably, so it is left alone). */
+/* clang-format off */
 #define STR_FIELDS(X)                                                                              \
-    X(request_id)                                                                                  \
-    X(tenant_id) X(user_id) X(api_key_id) X(plan_tier) X(model_name) X(provider) X(backend)        \
-        X(request_type) X(error_code) X(node_id)
+    X(request_id) X(tenant_id) X(user_id) X(api_key_id) X(plan_tier) X(model_name)                 \
+    X(provider) X(backend) X(request_type) X(error_code) X(node_id)
 
 /* The integer fields in record order. */
 #define INT_FIELDS(X)                                                                              \
-    X(stream)                                                                                      \
-    X(prompt_tokens) X(completion_tokens) X(total_tokens) X(usage_estimated) X(queue_ms)           \
-        X(ttft_ms) X(latency_ms) X(status_code) X(success) X(input_chars) X(output_chars)          \
-            X(gpu_id) X(overage)
+    X(stream) X(prompt_tokens) X(completion_tokens) X(total_tokens) X(usage_estimated)             \
+    X(queue_ms) X(ttft_ms) X(latency_ms) X(status_code) X(success) X(input_chars)                  \
+    X(output_chars) X(gpu_id) X(overage)
+/* clang-format on */
 
 static uint32_t crc_table[256];
 static int crc_ready;
