@@ -44,7 +44,7 @@ static struct usage_event *make_row(long i, const char *tag)
     snprintf(e->provider, sizeof(e->provider), "vllm");
     snprintf(e->backend, sizeof(e->backend), "gpu%ld", i % 4);
     snprintf(e->request_type, sizeof(e->request_type), "chat");
-    snprintf(e->node_id, sizeof(e->node_id), "bench");
+    snprintf(e->node_id, sizeof(e->node_id), "store-bench");
     e->stream = (int)(i & 1);
     e->prompt_tokens = 24 + i % 100;
     e->completion_tokens = 192;
