@@ -9,13 +9,17 @@
  *                    JSON: collect (capped)
  *   on_up_done       finish: closing usage chunk + [DONE], or the JSON answer, or failover
  *                    to another backend (chat_retry), or an error
- *   chat_done        release the slot, settle the limits, meter one usage row, free
+ *   chat_done        release the slot, settle the limits, meter one usage row
+ *   chat_deliver     once the row is in the spool: the answer's last bytes, then free
  *
  * A client that goes away is noticed by the HTTP server (chat_on_abort): the upstream
  * request is cancelled at once (its connection closed, so the GPU stops generating) and the
  * request is finished on the next loop turn as 499 client_disconnected, billed for what was
  * relayed. Errors before the first byte to the client are JSON errors; after it, the stream
- * ends with an error event and no [DONE], so no client can take a cut stream for a whole one. */
+ * ends with an error event and no [DONE], so no client can take a cut stream for a whole one.
+ * The end of every answer (the closing chunk, the JSON body, the error) waits for the
+ * request's usage row to be in the spool file, so a process killed at any moment never leaves
+ * a client with an answer and no row; the wait is one hand-off to the spool thread. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,6 +35,14 @@
 #define CHAT_EVENT_MAX_BYTES (1u << 20)  /* one upstream stream event */
 #define CHAT_BODY_MAX_BYTES (16u << 20)  /* a whole upstream JSON answer */
 #define CHAT_OUT_MAX_BYTES (32u << 20)   /* translated bytes waiting to be written */
+
+/* The last part of the answer, sent by chat_deliver. */
+enum chat_final {
+    CHAT_FINAL_NONE = 0,  /* nothing (the client is gone) */
+    CHAT_FINAL_ERROR,     /* final_err: a JSON error, or an error event mid-stream */
+    CHAT_FINAL_STREAM,    /* the translated closing bytes in out (usage chunk, [DONE]) */
+    CHAT_FINAL_JSON,      /* the chat.completion in out */
+};
 
 struct gw_chat {
     struct gateway *gw;
@@ -61,6 +73,8 @@ struct gw_chat {
     int64_t reserved;           /* tokens reserved at admission, settled in chat_done */
     int status;                 /* HTTP status for the usage row */
     const char *error_code;     /* "" on success */
+    enum chat_final final;      /* what chat_deliver sends once the row is spooled */
+    struct gw_error final_err;  /* the error to send, for CHAT_FINAL_ERROR */
     struct gw_chat *qprev, *qnext; /* wait queue links */
     int queued;
     struct gw_chat *reap_next;
@@ -132,20 +146,8 @@ static void chat_reject(struct gw_chat *c, const struct gw_error *err)
 {
     c->status = err->status;
     c->error_code = err->code;
-    if (c->started) {
-        /* The stream is under way: an error event, and no [DONE] after it. */
-        relay_error_event(&c->out, err->type, err->code, err->message);
-        http_resp_write(c->req, c->out.data, c->out.len);
-        buf_reset(&c->out);
-        http_resp_end(c->req);
-    } else {
-        chat_headers(c);
-        if (err->retry_after_s > 0) {
-            header_i64(c->req, "Retry-After", err->retry_after_s);
-        }
-        http_resp_error(c->req, err->status, err->type, err->code, err->message);
-    }
-    c->req = NULL;
+    c->final = CHAT_FINAL_ERROR;
+    c->final_err = *err;
     chat_done(c);
 }
 
@@ -273,11 +275,8 @@ static void on_up_done(void *ud, int err, int status, const char *msg)
         /* Complete: the one closing usage chunk, then [DONE]. */
         health_report(c->gw->health, (size_t)c->backend, 1, px_mono_ms());
         relay_finish(&c->relay, c->body.prompt_estimate, &c->out);
-        c->req->on_abort = NULL; /* the answer is whole; a late hang-up changes nothing */
-        chat_flush(c);
-        http_resp_end(c->req);
-        c->req = NULL;
         c->status = 200;
+        c->final = CHAT_FINAL_STREAM;
         chat_done(c);
         return;
     } else if (c->relay.ops->complete(&c->relay, c->upbody.data ? c->upbody.data : "",
@@ -287,11 +286,8 @@ static void on_up_done(void *ud, int err, int status, const char *msg)
     } else {
         health_report(c->gw->health, (size_t)c->backend, 1, px_mono_ms());
         c->ttft_ms = (int64_t)(px_mono_ms() - c->t0_ms);
-        c->req->on_abort = NULL;
-        chat_headers(c);
-        http_resp_send(c->req, 200, "application/json", c->out.data, c->out.len);
-        c->req = NULL;
         c->status = 200;
+        c->final = CHAT_FINAL_JSON;
         chat_done(c);
         return;
     }
@@ -314,7 +310,6 @@ static void on_up_done(void *ud, int err, int status, const char *msg)
     if (retryable && !c->started && chat_retry(c)) {
         return;
     }
-    c->req->on_abort = NULL;
     chat_reject(c, &e);
 }
 
@@ -576,7 +571,7 @@ void gw_chat_reap(uv_idle_t *h)
     while (gw->reap_head) {
         struct gw_chat *c = gw->reap_head;
         gw->reap_head = c->reap_next;
-        http_resp_end(c->req);
+        http_resp_end(c->req); /* the client is gone: nothing more to send */
         c->req = NULL;
         px_log(PX_LOG_INFO, "request_id=%s tenant=%s event=client_disconnected relayed_chunks=%lld",
                c->id.request_id, c->id.tenant_id, (long long)c->relay.content_chunks);
@@ -602,10 +597,61 @@ static void copy_str(char *dst, size_t cap, const char *s)
     snprintf(dst, cap, "%s", s ? s : "");
 }
 
+/* The row is in the spool (or cannot be waited for): send the end of the answer, free. */
+static void chat_deliver(void *ud)
+{
+    struct gw_chat *c = ud;
+    struct gateway *gw = c->gw;
+    switch (c->req ? c->final : CHAT_FINAL_NONE) {
+    case CHAT_FINAL_ERROR:
+        if (c->started) {
+            /* The stream is under way: an error event, and no [DONE] after it. */
+            relay_error_event(&c->out, c->final_err.type, c->final_err.code,
+                              c->final_err.message);
+            http_resp_write(c->req, c->out.data, c->out.len);
+            http_resp_end(c->req);
+        } else {
+            chat_headers(c);
+            if (c->final_err.retry_after_s > 0) {
+                header_i64(c->req, "Retry-After", c->final_err.retry_after_s);
+            }
+            http_resp_error(c->req, c->final_err.status, c->final_err.type, c->final_err.code,
+                            c->final_err.message);
+        }
+        break;
+    case CHAT_FINAL_STREAM:
+        chat_flush(c);
+        http_resp_end(c->req);
+        break;
+    case CHAT_FINAL_JSON:
+        chat_headers(c);
+        http_resp_send(c->req, 200, "application/json", c->out.data, c->out.len);
+        break;
+    default:
+        if (c->req) {
+            http_resp_end(c->req);
+        }
+        break;
+    }
+    c->req = NULL;
+    gw_chat_req_cleanup(&c->body);
+    if (c->backend >= 0) {
+        sse_parser_cleanup(&c->sse);
+    }
+    buf_cleanup(&c->upbody);
+    buf_cleanup(&c->out);
+    free(c);
+    gw->inflight--;
+    gw_queue_pump(gw);
+}
+
 static void chat_done(struct gw_chat *c)
 {
     struct gateway *gw = c->gw;
     const struct px_config *cfg = gw->cfg;
+    if (c->req) {
+        c->req->on_abort = NULL; /* the outcome is decided; a late hang-up changes nothing */
+    }
     if (c->backend >= 0) {
         gw->backends[c->backend].inflight--;
     }
@@ -659,17 +705,13 @@ static void chat_done(struct gw_chat *c)
         ev->success = c->status == 200 && c->error_code[0] == '\0';
         ev->input_chars = c->body.input_chars;
         ev->overage = c->has_dec && c->dec.overage;
-        gw_meter(gw, ev);
+        if (c->req && usage_writer_bound(gw->usage)) {
+            gw_meter(gw, ev, chat_deliver, c); /* chat_deliver runs once it is spooled */
+            return;
+        }
+        gw_meter(gw, ev, NULL, NULL);
     }
-    gw_chat_req_cleanup(&c->body);
-    if (c->backend >= 0) {
-        sse_parser_cleanup(&c->sse);
-    }
-    buf_cleanup(&c->upbody);
-    buf_cleanup(&c->out);
-    free(c);
-    gw->inflight--;
-    gw_queue_pump(gw);
+    chat_deliver(c);
 }
 
 /* ---- admit ---- */

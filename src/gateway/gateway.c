@@ -244,6 +244,11 @@ int gateway_start(struct gateway **out, uv_loop_t *loop, const struct px_config 
                px_strerror(rc));
         goto fail_http;
     }
+    /* Answers end only once their usage row is spooled (chat.c): acks come back here. */
+    if (usage_writer_bind_loop(usage, loop) != 0) {
+        px_log(PX_LOG_WARN, "event=usage_ack_unavailable msg=\"answers will not wait for the "
+                            "spool\"");
+    }
     uv_timer_init(loop, &gw->queue_timer);
     gw->queue_timer.data = gw;
     uv_idle_init(loop, &gw->reap_idle);
@@ -295,6 +300,8 @@ void gateway_free(struct gateway *gw)
     if (!gw) {
         return;
     }
+    /* Unbind first: what ends from here on is answered at once, not after a spool ack. */
+    usage_writer_unbind_loop(gw->usage);
     gw_chat_abort_all(gw);
     /* Relaying requests are aborted by the server (client side), which cancels upstream. */
     http_server_free(gw->http);

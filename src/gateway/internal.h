@@ -17,6 +17,7 @@
 #include "proxy/provider.h"
 #include "proxy/upstream.h"
 #include "usage/event.h"
+#include "usage/writer.h"
 
 /* An error as the client will see it: {"error":{"message","type","code"}}. */
 struct gw_error {
@@ -122,8 +123,9 @@ void gw_queue_expire(uv_timer_t *t);
 #define GW_POOL_NONE_HEALTHY -2
 long gw_pool_pick(struct gateway *gw, size_t model, const long *skip, int nskip);
 
-/* meter.c: record one usage row (copies everything; any time). */
-void gw_meter(struct gateway *gw, struct usage_event *ev);
+/* meter.c: record one usage row (takes ev). With cb, cb(ud) runs on the loop once the row is
+ * in the spool file (see usage_writer_push_ack). */
+void gw_meter(struct gateway *gw, struct usage_event *ev, usage_ack_fn cb, void *ud);
 
 /* usage_api.c: GET /v1/usage/{tenant}?period=day|week|month and POST /v1/usage/check; the
  * store queries run on libuv's thread pool. Loop thread. */

@@ -4,7 +4,7 @@
 #include "gateway/internal.h"
 #include "usage/writer.h"
 
-void gw_meter(struct gateway *gw, struct usage_event *ev)
+void gw_meter(struct gateway *gw, struct usage_event *ev, usage_ack_fn cb, void *ud)
 {
     if (gw->cfg->access_log) {
         px_log(PX_LOG_INFO,
@@ -19,5 +19,9 @@ void gw_meter(struct gateway *gw, struct usage_event *ev)
     }
     metrics_observe(gw->metrics, ev);
     /* Last: from here on the writer thread owns ev. */
-    usage_writer_push(gw->usage, ev);
+    if (cb) {
+        usage_writer_push_ack(gw->usage, ev, cb, ud);
+    } else {
+        usage_writer_push(gw->usage, ev);
+    }
 }

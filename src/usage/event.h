@@ -9,6 +9,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+struct usage_ack;
+
 #define USAGE_ID_MAX 128 /* tenant_id and user_id byte cap, as the API contract says */
 
 struct usage_event {
@@ -40,6 +42,7 @@ struct usage_event {
     int overage;              /* 1 when billed past the monthly allowance */
     uint64_t spool_id;        /* the spool that recorded the row (0 until spooled) */
     uint64_t spool_seq;       /* its sequence number there, from 1 (0 until spooled) */
+    struct usage_ack *ack;    /* who waits for this row to reach the spool file, or NULL */
     struct usage_event *next; /* queue link, owned by whoever holds the event */
 };
 

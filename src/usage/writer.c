@@ -43,6 +43,13 @@
 #define WRITER_MEMORY_MIN     1000  /* memory_max_rows floor: the queue is also the hand-off */
 #define WRITER_FULL_LOG_MS    10000 /* repeat the "spool full" line this often while full */
 
+/* One request waiting for its row to reach the spool file. */
+struct usage_ack {
+    usage_ack_fn cb;
+    void *ud;
+    struct usage_ack *next;
+};
+
 struct usage_writer {
     struct store *store;           /* borrowed; outlives the writer */
     struct usage_spool *spool;     /* owned */
@@ -73,6 +80,8 @@ struct usage_writer {
     uint64_t dropped;              /* events dropped (memory cap) */
     uint64_t lost_at_stop;         /* events not spooled by the stop deadline */
     char last_error[256];          /* last failure text */
+    uv_async_t *async;             /* wakes the bound loop for acks; NULL when unbound */
+    struct usage_ack *acks;        /* acks due on the loop, any order */
     atomic_uint_fast64_t backlog;  /* pushed and not yet confirmed (or dropped/rejected) */
     atomic_int_fast64_t last_ship; /* wall ms of the last confirmed batch */
     atomic_uint_fast64_t shipped;  /* rows confirmed since start */
@@ -99,6 +108,85 @@ static void set_error(struct usage_writer *w, const char *what, const char *msg)
     snprintf(w->last_error, sizeof(w->last_error), "%s: %s", what, msg ? msg : "");
 }
 
+/* ---- acknowledgements ---- */
+
+/* Hand ack to the loop (lock held). Without a loop binding it is simply dropped. */
+static void ack_due(struct usage_writer *w, struct usage_ack *ack)
+{
+    if (ack == NULL) {
+        return;
+    }
+    if (w->async == NULL) {
+        free(ack);
+        return;
+    }
+    ack->next = w->acks;
+    w->acks = ack;
+    uv_async_send(w->async);
+}
+
+/* Loop thread: run every ack due. */
+static void on_acks(uv_async_t *h)
+{
+    struct usage_writer *w = h->data;
+    pthread_mutex_lock(&w->mu);
+    struct usage_ack *a = w->acks;
+    w->acks = NULL;
+    pthread_mutex_unlock(&w->mu);
+    while (a) {
+        struct usage_ack *next = a->next;
+        a->cb(a->ud);
+        free(a);
+        a = next;
+    }
+}
+
+int usage_writer_bind_loop(struct usage_writer *w, uv_loop_t *loop)
+{
+    uv_async_t *h = px_calloc(1, sizeof(*h));
+    int rc = uv_async_init(loop, h, on_acks);
+    if (rc != 0) {
+        free(h);
+        return rc;
+    }
+    h->data = w;
+    pthread_mutex_lock(&w->mu);
+    w->async = h;
+    pthread_mutex_unlock(&w->mu);
+    return 0;
+}
+
+static void on_async_closed(uv_handle_t *h)
+{
+    free(h);
+}
+
+void usage_writer_unbind_loop(struct usage_writer *w)
+{
+    pthread_mutex_lock(&w->mu);
+    uv_async_t *h = w->async;
+    w->async = NULL;
+    struct usage_ack *a = w->acks;
+    w->acks = NULL;
+    pthread_mutex_unlock(&w->mu);
+    while (a) {
+        struct usage_ack *next = a->next;
+        free(a);
+        a = next;
+    }
+    if (h) {
+        uv_close((uv_handle_t *)h, on_async_closed);
+    }
+}
+
+int usage_writer_bound(struct usage_writer *w)
+{
+    pthread_mutex_lock(&w->mu);
+    int bound = w->async != NULL;
+    pthread_mutex_unlock(&w->mu);
+    return bound;
+}
+
 /* ---- producers ---- */
 
 void usage_writer_push(struct usage_writer *w, struct usage_event *ev)
@@ -113,8 +201,16 @@ void usage_writer_push(struct usage_writer *w, struct usage_event *ev)
                "msg=\"usage row dropped: spool full and memory queue at its cap\" "
                "request_id=%s tenant=%s total_tokens=%" PRId64,
                ev->request_id, ev->tenant_id, ev->total_tokens);
+        pthread_mutex_lock(&w->mu);
+        ack_due(w, ev->ack);
+        pthread_mutex_unlock(&w->mu);
         free(ev);
         return;
+    }
+    if (ev->ack && (w->full || w->spool_failing)) {
+        /* The spool is not taking rows: do not hold the answer hostage to the disk. */
+        ack_due(w, ev->ack);
+        ev->ack = NULL;
     }
     atomic_fetch_add(&w->backlog, 1);
     if (w->tail == NULL) {
@@ -126,6 +222,17 @@ void usage_writer_push(struct usage_writer *w, struct usage_event *ev)
     w->tail = ev;
     w->nqueued++;
     pthread_mutex_unlock(&w->mu);
+}
+
+void usage_writer_push_ack(struct usage_writer *w, struct usage_event *ev, usage_ack_fn cb,
+                           void *ud)
+{
+    struct usage_ack *a = px_malloc(sizeof(*a));
+    a->cb = cb;
+    a->ud = ud;
+    a->next = NULL;
+    ev->ack = a;
+    usage_writer_push(w, ev);
 }
 
 /* ---- spool thread ---- */
@@ -217,12 +324,18 @@ static void *spool_main(void *arg)
             }
             dirty_since = 0;
         }
+        pthread_mutex_lock(&w->mu);
         for (size_t i = 0; i < done; i++) {
+            ack_due(w, group[i]->ack); /* written: a killed process can no longer lose it */
             free(group[i]);
         }
-
-        pthread_mutex_lock(&w->mu);
         if (n > done) {
+            /* Not written (cap or disk error): whoever waits is answered now, and the rows
+             * wait in memory for the spool to take them. */
+            for (size_t i = done; i < n; i++) {
+                ack_due(w, group[i]->ack);
+                group[i]->ack = NULL;
+            }
             requeue(w, group + done, n - done);
         }
         now = px_mono_ms();
@@ -274,6 +387,7 @@ static void *spool_main(void *arg)
         px_log(PX_LOG_ERROR,
                "msg=\"usage row not written\" request_id=%s tenant=%s total_tokens=%" PRId64,
                ev->request_id, ev->tenant_id, ev->total_tokens);
+        ack_due(w, ev->ack);
         free(ev);
         w->lost_at_stop++;
         atomic_fetch_sub(&w->backlog, 1);
@@ -655,6 +769,11 @@ int usage_writer_stop(struct usage_writer *w, uint64_t timeout_ms)
     if (st.dropped > 0) {
         px_log(PX_LOG_ERROR, "msg=\"usage writer stopped; rows were lost\" rows=%" PRIu64,
                st.dropped);
+    }
+    while (w->acks) {
+        struct usage_ack *a = w->acks;
+        w->acks = a->next;
+        free(a);
     }
     pthread_cond_destroy(&w->ship_cv);
     pthread_cond_destroy(&w->spool_cv);

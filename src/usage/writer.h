@@ -15,6 +15,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <uv.h>
 
 #include "config/config.h"
 #include "store/store.h"
@@ -62,6 +63,26 @@ int usage_writer_start(struct usage_writer **out, struct store *store,
 /* Hand an event to the writer; takes ownership (it must come from malloc). Any thread; never
  * blocks on I/O (a mutex and a condvar signal). */
 void usage_writer_push(struct usage_writer *w, struct usage_event *ev);
+
+/* Durable before the answer: a request's last bytes go to the client only once its row is in
+ * the spool file (written, so a killed process cannot lose it; fsynced within fsync_ms), so
+ * every response a client saw has its row. The spool thread acknowledges written rows to the
+ * event loop through a uv_async handle. While the spool cannot take rows (full or failing)
+ * rows are acknowledged at once (they wait in memory; /health says degraded): a full disk
+ * must not stop serving. */
+typedef void (*usage_ack_fn)(void *ud);
+
+/* Bind acknowledgements to loop (loop thread, before the first usage_writer_push_ack). */
+int usage_writer_bind_loop(struct usage_writer *w, uv_loop_t *loop);
+/* Undo the binding (loop thread): acks still due are dropped, never called. */
+void usage_writer_unbind_loop(struct usage_writer *w);
+/* 1 when bound to a loop. */
+int usage_writer_bound(struct usage_writer *w);
+
+/* As usage_writer_push, then cb(ud) runs exactly once on the bound loop when the row is in
+ * the spool file (or at once when the spool cannot take rows or the row was dropped). */
+void usage_writer_push_ack(struct usage_writer *w, struct usage_event *ev, usage_ack_fn cb,
+                           void *ud);
 
 /* Rows pushed and not yet confirmed by the store. Any thread. */
 uint64_t usage_writer_backlog(struct usage_writer *w);
