@@ -392,12 +392,15 @@ int lim_new(struct limiter **out, uv_loop_t *loop, const struct px_config *cfg,
     l->redis_timeout_ms = cfg->redis_timeout_ms;
     uv_timer_init(loop, &l->wait_timer);
     l->wait_timer.data = l;
-    int rc = st ? preload_month(l, st) : 0;
-    if (rc != 0) {
-        px_log(PX_LOG_ERROR, "event=limits_preload_failed error=\"%s\"", store_errmsg(st));
-        lim_free(l);
-        return rc;
+    /* A store that is down at start (a shared ClickHouse) must not keep the gateway down:
+     * serve, and say loudly that monthly allowances count only from now. */
+    if (st && preload_month(l, st) != 0) {
+        px_log(PX_LOG_ERROR,
+               "event=limits_preload_failed msg=\"month-to-date usage unavailable; monthly "
+               "allowances count from zero until the next start\" error=\"%s\"",
+               store_errmsg(st));
     }
+    int rc = 0;
     if (cfg->redis_url && cfg->redis_url[0]) {
         rc = lim_redis__new(&l->redis, l, loop, cfg);
         if (rc != 0) {
