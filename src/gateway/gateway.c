@@ -125,6 +125,14 @@ static void handle_metrics(struct gateway *gw, struct http_req *req)
         .gpu_samples_failed = gpu_sampler_samples(gw->gpu, 0),
     };
     g.ngpus = gpu_sampler_current(gw->gpu, &g.gpus);
+    struct usage_writer_stats us;
+    usage_writer_stats(gw->usage, &us);
+    g.usage_spool_bytes = us.spool_bytes;
+    g.usage_spool_max_bytes = us.spool_max_bytes;
+    g.usage_shipped = us.shipped;
+    g.usage_ship_failures = us.ship_failures;
+    g.usage_dropped = us.dropped;
+    g.usage_store_up = us.store_ok;
     struct buf b;
     buf_init(&b, 16 * 1024 * 1024);
     if (metrics_render(gw->metrics, &g, &b) == 0) {

@@ -453,6 +453,26 @@ static void render_gauges(struct out *o, const struct metrics_gauges *g)
         seconds(o, (uint64_t)g->usage_last_commit_ms);
         put(o, "\n");
     }
+    family(o, "privax_usage_spool_bytes", "gauge",
+           "Size of the local usage spool on disk (rows not yet confirmed by the store).");
+    putf(o, "privax_usage_spool_bytes %llu\n", (unsigned long long)g->usage_spool_bytes);
+    if (g->usage_spool_max_bytes > 0) {
+        family(o, "privax_usage_spool_max_bytes", "gauge",
+               "The spool's cap (usage.spool_max_bytes).");
+        putf(o, "privax_usage_spool_max_bytes %llu\n",
+             (unsigned long long)g->usage_spool_max_bytes);
+    }
+    family(o, "privax_usage_store_up", "gauge",
+           "1 when the last attempt to write to the usage store succeeded, else 0.");
+    putf(o, "privax_usage_store_up %d\n", g->usage_store_up ? 1 : 0);
+    family(o, "privax_usage_shipped_rows_total", "counter", "Usage rows the store confirmed.");
+    putf(o, "privax_usage_shipped_rows_total %llu\n", (unsigned long long)g->usage_shipped);
+    family(o, "privax_usage_ship_failures_total", "counter",
+           "Failed attempts to write to the store.");
+    putf(o, "privax_usage_ship_failures_total %llu\n", (unsigned long long)g->usage_ship_failures);
+    family(o, "privax_usage_dropped_rows_total", "counter",
+           "Usage rows lost (spool full and the memory queue at its cap); should stay 0.");
+    putf(o, "privax_usage_dropped_rows_total %llu\n", (unsigned long long)g->usage_dropped);
     family(o, "privax_limits_mode", "gauge", "Always 1; the mode label says how limits are kept.");
     put(o, "privax_limits_mode{");
     label(o, 1, "mode", g->limits_mode ? g->limits_mode : "");

@@ -42,6 +42,12 @@ struct metrics_gauges {
     size_t nbackends;
     uint64_t usage_backlog;         /* usage rows not yet committed to the store */
     int64_t usage_last_commit_ms;   /* unix ms of the last commit, 0 when none yet */
+    uint64_t usage_spool_bytes;     /* the local spool's size on disk */
+    uint64_t usage_spool_max_bytes; /* its cap (0: unknown, not rendered) */
+    uint64_t usage_shipped;         /* rows the store confirmed since start */
+    uint64_t usage_ship_failures;   /* failed store attempts since start */
+    uint64_t usage_dropped;         /* rows lost since start (spool full past the memory cap) */
+    int usage_store_up;             /* 1 when the last store attempt succeeded, 0 when not */
     const char *limits_mode;        /* lim_mode(): local | redis | degraded ... */
     const char *gpu_source;         /* gpu_sampler_source() */
     const struct gpu_reading *gpus; /* current readings (unknown figures are -1) */

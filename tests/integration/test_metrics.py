@@ -169,6 +169,12 @@ class MetricsTest(harness.TestCase):
         self.assertEqual(sample(m, "privax_backend_max_concurrency", backend="vllm0"), 8)
         self.assertEqual(sample(m, "privax_info", node_id="it-node"), 1)
         self.assertIsNotNone(sample(m, "privax_usage_backlog"))
+        self.assertEqual(sample(m, "privax_usage_dropped_rows_total"), 0)
+        # Every row reached the store: the store's own count says so.
+        m2 = parse_prom(wait_for(lambda: (lambda t: t if sample(parse_prom(t), "privax_usage_shipped_rows_total")
+                                          == 7 else None)(get_metrics(gw)), T(15), "7 rows shipped"))
+        self.assertEqual(sample(m2, "privax_usage_store_up"), 1)
+        self.assertEqual(sample(m2, "privax_usage_backlog"), 0)
         self.assertIsNotNone(sample(m, "privax_limits_mode", mode=health(gw)["limits"]))
 
         # GPU figures from the file: known ones as samples, N/A ones absent.

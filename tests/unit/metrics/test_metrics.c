@@ -197,6 +197,11 @@ static void test_gauges_and_unknown_gpu(void **state)
         .nbackends = 2,
         .usage_backlog = 7,
         .usage_last_commit_ms = 1700000000123,
+        .usage_spool_bytes = 4096,
+        .usage_spool_max_bytes = 1 << 30,
+        .usage_shipped = 99,
+        .usage_ship_failures = 2,
+        .usage_store_up = 1,
         .limits_mode = "local",
         .gpu_source = "file",
         .gpus = gpus,
@@ -216,6 +221,12 @@ static void test_gauges_and_unknown_gpu(void **state)
     assert_line(t, "privax_backend_max_concurrency{backend=\"gpu1\"} 2");
     assert_line(t, "privax_usage_backlog 7");
     assert_line(t, "privax_usage_last_commit_timestamp_seconds 1700000000.123");
+    assert_line(t, "privax_usage_spool_bytes 4096");
+    assert_line(t, "privax_usage_spool_max_bytes 1073741824");
+    assert_line(t, "privax_usage_store_up 1");
+    assert_line(t, "privax_usage_shipped_rows_total 99");
+    assert_line(t, "privax_usage_ship_failures_total 2");
+    assert_line(t, "privax_usage_dropped_rows_total 0");
     assert_line(t, "privax_limits_mode{mode=\"local\"} 1");
     assert_line(t, "privax_gpu_source{source=\"file\"} 1");
     assert_line(t, "privax_gpu_samples_total{result=\"error\"} 1");
