@@ -489,6 +489,63 @@ static int run_report(struct store_ch *c, const struct store_usage_query *q, con
     return 0;
 }
 
+/* Every raw row of q's period in event_time order (privax scale's hourly figures), read in
+ * pages so that no reply nears CH_RESP_MAX. FINAL: a stray duplicate is never counted twice. */
+#define CH_SCAN_PAGE 50000
+
+static int ch_scan(struct store *st, const struct store_usage_query *q, store_scan_fn fn, void *ud)
+{
+    struct store_ch *c = (struct store_ch *)st;
+    struct buf b;
+    buf_init(&b, 4096);
+    int rc = 0;
+    for (uint64_t offset = 0;; offset += CH_SCAN_PAGE) {
+        buf_reset(&b);
+        rc = buf_printf(&b,
+                        "SELECT toUInt64(event_time) * 1000 + event_ms AS t, latency_ms, queue_ms,"
+                        " total_tokens, status_code, tenant_id, user_id, backend"
+                        " FROM %s.llm_requests FINAL",
+                        c->db);
+        rc = rc ? rc : where_clause(&b, q);
+        rc = rc ? rc
+                : buf_printf(&b, " ORDER BY t, spool_id, spool_seq LIMIT %d OFFSET %" PRIu64,
+                             CH_SCAN_PAGE, offset);
+        if (rc != 0) {
+            rc = ch_fail(c, "scan query too long");
+            break;
+        }
+        json_t *doc;
+        json_t *data;
+        if ((rc = ch_select(c, b.data, &doc, &data)) < 0) {
+            break;
+        }
+        size_t n = json_array_size(data);
+        for (size_t i = 0; i < n && rc == 0; i++) {
+            json_t *o = json_array_get(data, i);
+            const char *t = json_string_value(json_object_get(o, "tenant_id"));
+            const char *u = json_string_value(json_object_get(o, "user_id"));
+            const char *be = json_string_value(json_object_get(o, "backend"));
+            struct store_scan_row r = {
+                .event_time_ms = get_i64(o, "t"),
+                .latency_ms = get_i64(o, "latency_ms"),
+                .queue_ms = get_i64(o, "queue_ms"),
+                .total_tokens = get_i64(o, "total_tokens"),
+                .status_code = (int)get_i64(o, "status_code"),
+                .tenant_id = t ? t : "",
+                .user_id = u ? u : "",
+                .backend = be ? be : "",
+            };
+            rc = fn(ud, &r);
+        }
+        json_decref(doc);
+        if (rc != 0 || n < CH_SCAN_PAGE) {
+            break;
+        }
+    }
+    buf_cleanup(&b);
+    return rc;
+}
+
 static int ch_usage(struct store *st, const struct store_usage_query *q,
                     struct store_usage_row **out, size_t *nout)
 {
@@ -869,4 +926,5 @@ const struct store_ops store_clickhouse_ops = {
     .migrate = ch_migrate,
     .close = ch_close,
     .errmsg = ch_errmsg,
+    .scan = ch_scan,
 };

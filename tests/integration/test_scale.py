@@ -211,5 +211,60 @@ class ScaleTest(harness.TestCase):
         self.assertEqual({x["key"]: x["verdict"] for x in j["triggers"]}["monthly_tokens"], "unknown")
 
 
+
+class ScaleClickHouseTest(harness.TestCase):
+    """privax scale reads the shared ClickHouse the same way as SQLite: the same prepared rows
+    give the same hourly queue and concurrent-user figures (the store's scan op)."""
+
+    def setUp(self):
+        super().setUp()
+        import clickhouse
+        if not clickhouse.available():
+            self.skipTest("clickhouse-server is not installed")
+        self.clickhouse = clickhouse
+        self.ch = clickhouse.ClickHouse(self.h).start()
+
+    def test_scan_on_clickhouse_matches_sqlite(self):
+        import test_clickhouse
+        sim = self.h.start_sim()
+        nodes = self.h.path("nodes.yaml")
+        with open(nodes, "w") as f:
+            f.write(harness.to_yaml({"nodes": [
+                {"name": "n", "url": "http://127.0.0.1:%d" % harness.free_port()}]}) + "\n")
+        # The prepared rows in SQLite, then copied row for row into ClickHouse.
+        db = self.h.path("shared", "usage.db")
+        os.makedirs(os.path.dirname(db))
+        sq_cfg = self.h.write_config(self.h.sim_config(sim, store={"sqlite": db}), "sq.yaml")
+        self.assertEqual(self.h.privax(["migrate", "--config", sq_cfg]).returncode, 0)
+        fill_store(db)
+        ch_cfg = self.h.write_config(
+            self.h.sim_config(sim, store=test_clickhouse.ch_store(self.ch.url)), "ch.yaml")
+        p = self.h.privax(["migrate", "--config", ch_cfg], env=test_clickhouse.CH_ENV)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        con = sqlite3.connect(db)
+        cols = ("event_time", "request_id", "tenant_id", "user_id", "plan_tier", "backend",
+                "total_tokens", "queue_ms", "latency_ms", "status_code", "success", "spool_seq")
+        lines = []
+        for r in con.execute("SELECT %s FROM llm_requests" % ", ".join(cols)):
+            row = dict(zip(cols, r))
+            ms = row.pop("event_time")
+            row.update({"event_time": ms // 1000, "event_ms": ms % 1000, "spool_id": 1})
+            lines.append(json.dumps(row))
+        con.close()
+        self.ch.query("INSERT INTO %s.llm_requests FORMAT JSONEachRow" % test_clickhouse.DB,
+                      data=("\n".join(lines) + "\n").encode())
+        out = {}
+        for name, cfg in (("sqlite", sq_cfg), ("clickhouse", ch_cfg)):
+            p = self.h.privax(["scale", "--nodes", nodes, "--config", cfg, "--now-ms", str(NOW),
+                               "--json"], env=test_clickhouse.CH_ENV, timeout=T(120))
+            self.assertEqual(p.returncode, 0, p.stderr)
+            out[name] = json.loads(p.stdout)
+        for key in ("queue_delay", "concurrent_users", "monthly_tokens"):
+            a = {x["key"]: x for x in out["sqlite"]["triggers"]}[key]
+            b = {x["key"]: x for x in out["clickhouse"]["triggers"]}[key]
+            self.assertEqual((a["value"], a["verdict"]), (b["value"], b["verdict"]), key)
+            self.assertNotEqual(b["verdict"], "unknown", key)
+        self.assertEqual(out["sqlite"]["scan"], out["clickhouse"]["scan"])
+
 if __name__ == "__main__":
     unittest.main()
