@@ -34,6 +34,7 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include "config/yaml.h"
 #include "core/err.h"
 #include "core/mem.h"
 #include "core/util.h"
@@ -42,6 +43,7 @@
 #define CFG_LIST_MAX       4096          /* entries in any one list */
 #define CFG_TABLE_MAX      32            /* rows in any one table (a bitmap in apply_table) */
 #define CFG_WHERE_MAX      160           /* bytes of a key path such as "backends[3].url" */
+#define CFG_DEPTH_MAX      512           /* levels node_line() descends looking for a scalar */
 
 enum cfg_type {
     CFG_STR = 0, /* char * on the heap; min/max bound the byte length */
@@ -113,10 +115,8 @@ struct cfg_opt {
     }
 
 struct cfg_loader {
-    const char *path;       /* file name used in messages */
+    struct cfg_yaml_err ye; /* file name and message buffer (code PX_ECONFIG) */
     struct px_config *cfg;  /* being built, freed by the caller on error */
-    char *err;              /* message buffer, errcap bytes */
-    size_t errcap;          /* bytes at err */
     int nsecrets;           /* token sources seen in the current auth.tokens entry */
     int tiers_seen;         /* 1 when the file has a tiers key */
     int tiers_line;         /* line of that key */
@@ -128,44 +128,17 @@ static int cfg_fail(struct cfg_loader *ld, int line, const char *where, const ch
 
 static int cfg_fail(struct cfg_loader *ld, int line, const char *where, const char *fmt, ...)
 {
-    if (ld->err && ld->errcap > 0) {
-        int n;
-        if (line > 0) {
-            n = snprintf(ld->err, ld->errcap, "%s:%d: ", ld->path, line);
-        } else {
-            n = snprintf(ld->err, ld->errcap, "%s: ", ld->path);
-        }
-        if (n > 0 && (size_t)n < ld->errcap && where && where[0]) {
-            n += snprintf(ld->err + n, ld->errcap - (size_t)n, "%s: ", where);
-        }
-        if (n > 0 && (size_t)n < ld->errcap) {
-            va_list ap;
-            va_start(ap, fmt);
-            vsnprintf(ld->err + n, ld->errcap - (size_t)n, fmt, ap);
-            va_end(ap);
-        }
-    }
-    return PX_ECONFIG;
+    va_list ap;
+    va_start(ap, fmt);
+    int rc = cfg_yaml_vfail(&ld->ye, line, where, fmt, ap);
+    va_end(ap);
+    return rc;
 }
 
-/* 1-based line of a node: its own token for a scalar, else its first scalar inside, else
- * fallback (an empty mapping or list has no token of its own in the document API). */
+/* 1-based line of a node, or fallback (see cfg_yaml_node_line). */
 static int node_line(struct fy_node *n, int fallback)
 {
-    for (int depth = 0; n != NULL && depth < 512; depth++) {
-        void *it = NULL;
-        if (fy_node_get_type(n) == FYNT_SCALAR) {
-            struct fy_token *t = fy_node_get_scalar_token(n);
-            const struct fy_mark *m = t ? fy_token_start_mark(t) : NULL;
-            return m ? m->line + 1 : fallback;
-        } else if (fy_node_get_type(n) == FYNT_SEQUENCE) {
-            n = fy_node_sequence_iterate(n, &it);
-        } else {
-            struct fy_node_pair *p = fy_node_mapping_iterate(n, &it);
-            n = p ? fy_node_pair_key(p) : NULL;
-        }
-    }
-    return fallback;
+    return cfg_yaml_node_line(n, fallback, CFG_DEPTH_MAX);
 }
 
 /* Join a key path: "a" + "b" -> "a.b", "" + "b" -> "b". Truncates rather than fails. */
@@ -195,39 +168,14 @@ static void where_index(char *out, size_t cap, const char *where, size_t i)
 /* Reject aliases and tags anywhere a value is read, so every value is plain data. */
 static int check_plain_node(struct cfg_loader *ld, struct fy_node *v, const char *where, int line)
 {
-    if (fy_node_is_alias(v) || fy_node_get_style(v) == FYNS_ALIAS) {
-        return cfg_fail(ld, node_line(v, line), where, "aliases are not supported");
-    }
-    size_t tl = 0;
-    if (fy_node_get_tag(v, &tl) != NULL) {
-        return cfg_fail(ld, node_line(v, line), where, "tags are not supported");
-    }
-    return 0;
+    return cfg_yaml_check_plain(&ld->ye, v, where, line, CFG_DEPTH_MAX);
 }
 
 /* A scalar's bytes, or an error naming what was expected. */
 static int get_scalar(struct cfg_loader *ld, struct fy_node *v, const char *where, int line,
                       const char *what, const char **s, size_t *len)
 {
-    *s = "";
-    *len = 0;
-    if (v == NULL) {
-        return cfg_fail(ld, line, where, "missing value (expected %s)", what);
-    }
-    int rc = check_plain_node(ld, v, where, line);
-    if (rc < 0) {
-        return rc;
-    }
-    if (fy_node_get_type(v) != FYNT_SCALAR) {
-        return cfg_fail(ld, node_line(v, line), where, "expected %s, got a %s", what,
-                        fy_node_get_type(v) == FYNT_MAPPING ? "mapping" : "list");
-    }
-    *s = fy_node_get_scalar(v, len);
-    if (*s == NULL) {
-        *s = "";
-        *len = 0;
-    }
-    return 0;
+    return cfg_yaml_scalar(&ld->ye, v, where, line, CFG_DEPTH_MAX, what, s, len);
 }
 
 static int is_plain(struct fy_node *v)
@@ -1260,8 +1208,7 @@ static const struct cfg_opt usage_opts[] = {
     OPT_NUM("flush_ms", CFG_U64, CF(usage_flush_ms), 0, 100, 1, 60000),
     OPT_NUM("batch_max", CFG_SIZE, CF(usage_batch_max), 0, 1000, 1, 100000),
     OPT_NUM("spool_fsync_ms", CFG_U64, CF(spool_fsync_ms), 0, 100, 1, 10000),
-    OPT_NUM("spool_max_bytes", CFG_U64, CF(spool_max_bytes), 0, 1073741824, 65536,
-            1099511627776),
+    OPT_NUM("spool_max_bytes", CFG_U64, CF(spool_max_bytes), 0, 1073741824, 65536, 1099511627776),
     OPT_NUM("memory_max_rows", CFG_SIZE, CF(usage_memory_max_rows), 0, 100000, 0, 10000000),
 };
 
@@ -1349,7 +1296,7 @@ static const struct cfg_opt top_opts[] = {
 /* Read the whole file (capped) so the size limit holds before libfyaml sees a byte. */
 static int read_file(struct cfg_loader *ld, char **out, size_t *outlen)
 {
-    FILE *f = fopen(ld->path, "rb");
+    FILE *f = fopen(ld->ye.fname, "rb");
     if (f == NULL) {
         return cfg_fail(ld, 0, NULL, "cannot open: %s", strerror(errno));
     }
@@ -1368,28 +1315,6 @@ static int read_file(struct cfg_loader *ld, char **out, size_t *outlen)
     }
     *out = data;
     *outlen = n;
-    return 0;
-}
-
-/* A config is UTF-8 text without NUL bytes; checked line by line before libfyaml sees it,
- * both for a precise message and because libfyaml 0.7.12 loops forever on some invalid
- * UTF-8 (a '%' directive followed by 0xff: tests/data/config/bad_fuzz_directive_utf8.yaml). */
-static int check_text(struct cfg_loader *ld, const char *data, size_t len)
-{
-    int line = 1;
-    size_t start = 0;
-    while (start < len) {
-        const char *nl = memchr(data + start, '\n', len - start);
-        size_t end = nl ? (size_t)(nl - data) : len;
-        if (memchr(data + start, '\0', end - start) != NULL) {
-            return cfg_fail(ld, line, NULL, "NUL byte in the file (a config is text)");
-        }
-        if (!px_utf8_valid(data + start, end - start)) {
-            return cfg_fail(ld, line, NULL, "invalid UTF-8");
-        }
-        start = end + 1;
-        line++;
-    }
     return 0;
 }
 
@@ -1435,10 +1360,8 @@ static int finish(struct cfg_loader *ld, struct px_config *cfg)
 
 int px_config_load(const char *path, struct px_config **out, char *err, size_t errcap)
 {
-    struct cfg_loader ld = {.path = path, .err = err, .errcap = errcap};
-    struct fy_diag_cfg dcfg;
-    struct fy_diag *diag = NULL;
-    struct fy_document *doc = NULL;
+    struct cfg_loader ld = {.ye = {.fname = path, .buf = err, .cap = errcap, .code = PX_ECONFIG}};
+    struct cfg_yaml_doc yd = {0};
     struct px_config *cfg = NULL;
     char *data = NULL;
     size_t len = 0;
@@ -1451,38 +1374,10 @@ int px_config_load(const char *path, struct px_config **out, char *err, size_t e
     if ((rc = read_file(&ld, &data, &len)) < 0) {
         goto fail_read;
     }
-
-    if ((rc = check_text(&ld, data, len)) < 0) {
-        goto fail_diag;
-    }
-    /* Collect libfyaml's diagnostics instead of letting it print, so a syntax error is
-     * reported once, in our format, with its line. */
-    fy_diag_cfg_default(&dcfg);
-    dcfg.fp = NULL;
-    dcfg.colorize = false;
-    diag = fy_diag_create(&dcfg);
-    if (diag == NULL) {
-        rc = cfg_fail(&ld, 0, NULL, "cannot create the YAML diagnostics");
-        goto fail_diag;
-    }
-    fy_diag_set_collect_errors(diag, true);
-    struct fy_parse_cfg pcfg = {.flags = FYPCF_QUIET | FYPCF_JSON_NONE | FYPCF_ALLOW_DUPLICATE_KEYS,
-                                .diag = diag};
-    doc = fy_document_build_from_string(&pcfg, data, len);
-    if (doc == NULL) {
-        void *it = NULL;
-        struct fy_diag_error *de = fy_diag_errors_iterate(diag, &it);
-        if (de != NULL) {
-            rc = cfg_fail(&ld, de->line > 0 ? de->line : 1, NULL, "YAML syntax error: %s",
-                          de->msg ? de->msg : "invalid YAML");
-        } else {
-            rc = cfg_fail(&ld, 1, NULL, "empty config (expected a mapping of keys)");
-        }
-        goto fail_doc;
-    }
-    struct fy_node *root = fy_document_root(doc);
-    if (root == NULL) {
-        rc = cfg_fail(&ld, 1, NULL, "empty config (expected a mapping of keys)");
+    /* The text check also keeps libfyaml 0.7.12 from looping forever on some invalid UTF-8
+     * (a '%' directive followed by 0xff: tests/data/config/bad_fuzz_directive_utf8.yaml). */
+    if ((rc = cfg_yaml_doc_parse(&yd, &ld.ye, data, len, "a config",
+                                 "empty config (expected a mapping of keys)")) < 0) {
         goto fail_doc;
     }
 
@@ -1492,8 +1387,8 @@ int px_config_load(const char *path, struct px_config **out, char *err, size_t e
     cfg->default_tier = 0;
     const size_t ntop = sizeof(top_opts) / sizeof(top_opts[0]);
     apply_defaults(top_opts, ntop, cfg);
-    if ((rc = check_plain_node(&ld, root, NULL, 1)) < 0 ||
-        (rc = apply_table(&ld, top_opts, ntop, cfg, root, "", 1)) < 0 ||
+    if ((rc = check_plain_node(&ld, yd.root, NULL, 1)) < 0 ||
+        (rc = apply_table(&ld, top_opts, ntop, cfg, yd.root, "", 1)) < 0 ||
         (rc = finish(&ld, cfg)) < 0) {
         goto fail_cfg;
     }
@@ -1504,9 +1399,7 @@ int px_config_load(const char *path, struct px_config **out, char *err, size_t e
 fail_cfg:
     px_config_free(cfg);
 fail_doc:
-    fy_document_destroy(doc);
-    fy_diag_destroy(diag);
-fail_diag:
+    cfg_yaml_doc_cleanup(&yd);
     free(data);
 fail_read:
     return rc;

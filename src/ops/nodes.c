@@ -16,14 +16,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "config/yaml.h"
 #include "core/err.h"
 #include "core/mem.h"
 #include "core/util.h"
 
+#define NP_DEPTH_MAX 64 /* levels node_line() descends looking for a scalar */
+
 struct np {
-    const char *fname; /* for messages */
-    char *err;
-    size_t errcap;
+    struct cfg_yaml_err ye; /* file name ("nodes" when none) and message buffer, PX_EPARSE */
 };
 
 static int np_fail(struct np *p, int line, const char *where, const char *fmt, ...)
@@ -31,75 +32,29 @@ static int np_fail(struct np *p, int line, const char *where, const char *fmt, .
 
 static int np_fail(struct np *p, int line, const char *where, const char *fmt, ...)
 {
-    if (p->err == NULL || p->errcap == 0) {
-        return PX_EPARSE;
-    }
-    int n = line > 0 ? snprintf(p->err, p->errcap, "%s:%d: ", p->fname, line)
-                     : snprintf(p->err, p->errcap, "%s: ", p->fname);
-    if (n > 0 && (size_t)n < p->errcap && where != NULL && where[0] != '\0') {
-        n += snprintf(p->err + n, p->errcap - (size_t)n, "%s: ", where);
-    }
-    if (n > 0 && (size_t)n < p->errcap) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(p->err + n, p->errcap - (size_t)n, fmt, ap);
-        va_end(ap);
-    }
-    return PX_EPARSE;
+    va_list ap;
+    va_start(ap, fmt);
+    int rc = cfg_yaml_vfail(&p->ye, line, where, fmt, ap);
+    va_end(ap);
+    return rc;
 }
 
-/* 1-based line of a node: its own token for a scalar, else its first scalar inside. */
+/* 1-based line of a node, or fallback (see cfg_yaml_node_line). */
 static int node_line(struct fy_node *n, int fallback)
 {
-    for (int depth = 0; n != NULL && depth < 64; depth++) {
-        void *it = NULL;
-        if (fy_node_get_type(n) == FYNT_SCALAR) {
-            struct fy_token *t = fy_node_get_scalar_token(n);
-            const struct fy_mark *m = t ? fy_token_start_mark(t) : NULL;
-            return m ? m->line + 1 : fallback;
-        } else if (fy_node_get_type(n) == FYNT_SEQUENCE) {
-            n = fy_node_sequence_iterate(n, &it);
-        } else {
-            struct fy_node_pair *pr = fy_node_mapping_iterate(n, &it);
-            n = pr ? fy_node_pair_key(pr) : NULL;
-        }
-    }
-    return fallback;
+    return cfg_yaml_node_line(n, fallback, NP_DEPTH_MAX);
 }
 
 static int check_plain(struct np *p, struct fy_node *v, const char *where, int line)
 {
-    size_t tl = 0;
-    if (fy_node_is_alias(v) || fy_node_get_style(v) == FYNS_ALIAS) {
-        return np_fail(p, node_line(v, line), where, "aliases are not supported");
-    }
-    if (fy_node_get_tag(v, &tl) != NULL) {
-        return np_fail(p, node_line(v, line), where, "tags are not supported");
-    }
-    return 0;
+    return cfg_yaml_check_plain(&p->ye, v, where, line, NP_DEPTH_MAX);
 }
 
 /* The scalar's bytes, or an error saying what was expected. */
 static int scalar(struct np *p, struct fy_node *v, const char *where, int line, const char *what,
                   const char **s, size_t *len)
 {
-    if (v == NULL) {
-        return np_fail(p, line, where, "missing value (expected %s)", what);
-    }
-    int rc = check_plain(p, v, where, line);
-    if (rc < 0) {
-        return rc;
-    }
-    if (fy_node_get_type(v) != FYNT_SCALAR) {
-        return np_fail(p, node_line(v, line), where, "expected %s, got a %s", what,
-                       fy_node_get_type(v) == FYNT_MAPPING ? "mapping" : "list");
-    }
-    *s = fy_node_get_scalar(v, len);
-    if (*s == NULL) {
-        *s = "";
-        *len = 0;
-    }
-    return 0;
+    return cfg_yaml_scalar(&p->ye, v, where, line, NP_DEPTH_MAX, what, s, len);
 }
 
 static int name_char(char c)
@@ -338,26 +293,6 @@ static int load_node(struct np *p, struct fy_node *map, size_t idx, struct ops_n
     return 0;
 }
 
-/* Text checks before libfyaml: no NUL, valid UTF-8, with the line of the first problem. */
-static int check_text(struct np *p, const char *data, size_t len)
-{
-    int line = 1;
-    size_t start = 0;
-    while (start < len) {
-        const char *nl = memchr(data + start, '\n', len - start);
-        size_t end = nl ? (size_t)(nl - data) : len;
-        if (memchr(data + start, '\0', end - start) != NULL) {
-            return np_fail(p, line, NULL, "NUL byte in the file (a nodes file is text)");
-        }
-        if (!px_utf8_valid(data + start, end - start)) {
-            return np_fail(p, line, NULL, "invalid UTF-8");
-        }
-        start = end + 1;
-        line++;
-    }
-    return 0;
-}
-
 static int load_root(struct np *p, struct fy_node *root, struct ops_nodes *out)
 {
     int rc = check_plain(p, root, NULL, 1);
@@ -438,9 +373,9 @@ static int load_root(struct np *p, struct fy_node *root, struct ops_nodes *out)
 int ops_nodes_parse(const char *data, size_t len, const char *fname, struct ops_nodes **out,
                     char *err, size_t errcap)
 {
-    struct np p = {.fname = fname ? fname : "nodes", .err = err, .errcap = errcap};
-    struct fy_diag *diag = NULL;
-    struct fy_document *doc = NULL;
+    struct np p = {
+        .ye = {.fname = fname ? fname : "nodes", .buf = err, .cap = errcap, .code = PX_EPARSE}};
+    struct cfg_yaml_doc yd = {0};
     struct ops_nodes *nodes = NULL;
     int rc;
 
@@ -451,34 +386,12 @@ int ops_nodes_parse(const char *data, size_t len, const char *fname, struct ops_
     if (len > OPS_NODES_FILE_MAX) {
         return np_fail(&p, 0, NULL, "file is larger than %d bytes", OPS_NODES_FILE_MAX);
     }
-    if ((rc = check_text(&p, data, len)) < 0) {
-        return rc;
-    }
-    struct fy_diag_cfg dcfg;
-    fy_diag_cfg_default(&dcfg);
-    dcfg.fp = NULL;
-    dcfg.colorize = false;
-    diag = fy_diag_create(&dcfg);
-    if (diag == NULL) {
-        return np_fail(&p, 0, NULL, "cannot create the YAML diagnostics");
-    }
-    fy_diag_set_collect_errors(diag, true);
-    struct fy_parse_cfg pcfg = {.flags = FYPCF_QUIET | FYPCF_JSON_NONE | FYPCF_ALLOW_DUPLICATE_KEYS,
-                                .diag = diag};
-    doc = fy_document_build_from_string(&pcfg, data, len);
-    if (doc == NULL || fy_document_root(doc) == NULL) {
-        void *it = NULL;
-        struct fy_diag_error *de = doc ? NULL : fy_diag_errors_iterate(diag, &it);
-        if (de != NULL) {
-            rc = np_fail(&p, de->line > 0 ? de->line : 1, NULL, "YAML syntax error: %s",
-                         de->msg ? de->msg : "invalid YAML");
-        } else {
-            rc = np_fail(&p, 1, NULL, "empty file (expected 'nodes: [{name, url}, ...]')");
-        }
+    if ((rc = cfg_yaml_doc_parse(&yd, &p.ye, data, len, "a nodes file",
+                                 "empty file (expected 'nodes: [{name, url}, ...]')")) < 0) {
         goto done;
     }
     nodes = px_calloc(1, sizeof(*nodes));
-    if ((rc = load_root(&p, fy_document_root(doc), nodes)) < 0) {
+    if ((rc = load_root(&p, yd.root, nodes)) < 0) {
         goto done;
     }
     *out = nodes;
@@ -486,8 +399,7 @@ int ops_nodes_parse(const char *data, size_t len, const char *fname, struct ops_
     rc = 0;
 done:
     ops_nodes_free(nodes);
-    fy_document_destroy(doc);
-    fy_diag_destroy(diag);
+    cfg_yaml_doc_cleanup(&yd);
     return rc;
 }
 
