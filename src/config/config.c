@@ -67,6 +67,7 @@ _Static_assert(sizeof(enum px_overage) == sizeof(int), "enum px_overage must be 
 
 struct cfg_loader;
 struct cfg_opt;
+struct cfg_list;
 
 /* Parse value node v for row o into obj. where is the key path, line the key's line. */
 typedef int (*cfg_handler_fn)(struct cfg_loader *ld, void *obj, struct fy_node *v,
@@ -75,18 +76,19 @@ typedef int (*cfg_handler_fn)(struct cfg_loader *ld, void *obj, struct fy_node *
 typedef int (*cfg_check_fn)(struct cfg_loader *ld, char *s, const char *where, int line);
 
 struct cfg_opt {
-    const char *name;          /* the YAML key */
-    enum cfg_type type;        /* how the value is parsed and stored */
-    unsigned flags;            /* CFG_REQUIRED | CFG_RELOADABLE */
-    size_t offset;             /* offsetof() into the struct being filled */
-    int64_t def;               /* default for numeric types (ignored for strings) */
-    int64_t min, max;          /* value bounds, or byte-length bounds for CFG_STR */
-    const char *def_str;       /* default for CFG_STR, NULL when none or computed later */
-    const char *const *names;  /* CFG_ENUM: names, NULL-terminated, index = value */
-    const struct cfg_opt *sub; /* CFG_SECTION: the section's rows */
-    size_t nsub;               /* CFG_SECTION: number of rows */
-    cfg_handler_fn handler;    /* CFG_CUSTOM: the loader */
-    cfg_check_fn check;        /* CFG_STR: extra validation, may be NULL */
+    const char *name;            /* the YAML key */
+    enum cfg_type type;          /* how the value is parsed and stored */
+    unsigned flags;              /* CFG_REQUIRED | CFG_RELOADABLE */
+    size_t offset;               /* offsetof() into the struct being filled */
+    int64_t def;                 /* default for numeric types (ignored for strings) */
+    int64_t min, max;            /* value bounds, or byte-length bounds for CFG_STR */
+    const char *def_str;         /* default for CFG_STR, NULL when none or computed later */
+    const char *const *names;    /* CFG_ENUM: names, NULL-terminated, index = value */
+    const struct cfg_opt *sub;   /* CFG_SECTION: the section's rows */
+    size_t nsub;                 /* CFG_SECTION: number of rows */
+    cfg_handler_fn handler;      /* CFG_CUSTOM: the loader, unless list is set */
+    const struct cfg_list *list; /* CFG_CUSTOM: a list of mappings, loaded by load_list() */
+    cfg_check_fn check;          /* CFG_STR: extra validation, may be NULL */
 };
 
 /* Row constructors, one row per line (the redis createIntConfig() style). off is an
@@ -108,6 +110,10 @@ struct cfg_opt {
 #define OPT_CUSTOM(n, fl, h)                                                                       \
     {                                                                                              \
         .name = n, .type = CFG_CUSTOM, .flags = fl, .handler = h                                   \
+    }
+#define OPT_LIST(n, fl, l)                                                                         \
+    {                                                                                              \
+        .name = n, .type = CFG_CUSTOM, .flags = fl, .list = l                                      \
     }
 #define OPT_SECTION(n, fl, t)                                                                      \
     {                                                                                              \
@@ -324,6 +330,8 @@ static void apply_defaults(const struct cfg_opt *tab, size_t n, void *obj)
 
 static int apply_table(struct cfg_loader *ld, const struct cfg_opt *tab, size_t n, void *obj,
                        struct fy_node *map, const char *where, int line);
+static int load_list(struct cfg_loader *ld, const struct cfg_list *l, void *obj, struct fy_node *v,
+                     const char *where, int line);
 
 /* Parse one row's value node into obj. */
 static int apply_opt(struct cfg_loader *ld, const struct cfg_opt *o, void *obj, struct fy_node *v,
@@ -339,7 +347,11 @@ static int apply_opt(struct cfg_loader *ld, const struct cfg_opt *o, void *obj, 
             return cfg_fail(ld, line, where, "missing value");
         }
         rc = check_plain_node(ld, v, where, line);
-        return rc < 0 ? rc : o->handler(ld, obj, v, where, line);
+        if (rc < 0) {
+            return rc;
+        }
+        return o->list ? load_list(ld, o->list, obj, v, where, line)
+                       : o->handler(ld, obj, v, where, line);
     }
     if (o->type == CFG_SECTION) {
         if (v == NULL) {
@@ -721,54 +733,91 @@ static int check_dup(struct cfg_loader *ld, const void *arr, size_t stride, size
     return 0;
 }
 
-static int h_tokens(struct cfg_loader *ld, void *obj, struct fy_node *v, const char *where,
-                    int line)
+/* A list of mappings held in struct px_config (an array and its count), each entry loaded
+ * with one table: the shape shared by auth.tokens, backends, models and tenants. */
+typedef int (*cfg_entry_fn)(struct cfg_loader *ld, void *arr, size_t i, const int *lines,
+                            const char *where);
+struct cfg_list {
+    const struct cfg_opt *opts; /* the rows of one entry */
+    size_t nopts;               /* number of rows */
+    size_t arr_off;             /* offsetof() the entry array (a pointer) in struct px_config */
+    size_t count_off;           /* offsetof() its size_t count */
+    size_t size;                /* bytes of one entry */
+    size_t name_off;            /* offsetof() the entry's char * name, unique in the list */
+    const char *what;           /* "duplicate WHAT 'x'"; NULL when check tests duplicates */
+    int need_one;               /* 1: an empty list is an error */
+    cfg_entry_fn check;         /* entry i after its table is applied (lines[0..i] set), or NULL */
+};
+#define LIST_OF(arr, cnt, tab, type, name)                                                         \
+    .opts = tab, .nopts = sizeof(tab) / sizeof(tab[0]),                                            \
+    .arr_off = offsetof(struct px_config, arr), .count_off = offsetof(struct px_config, cnt),      \
+    .size = sizeof(type), .name_off = offsetof(type, name)
+
+/* Load list v into the array l names in obj (a struct px_config). The array and its count are
+ * set before any entry is read, so px_config_free() copes with a half-built list. Entries
+ * fail in order: not plain data, their table, check, then a duplicate name. */
+static int load_list(struct cfg_loader *ld, const struct cfg_list *l, void *obj, struct fy_node *v,
+                     const char *where, int line)
 {
-    struct px_config *cfg = obj;
     size_t n;
-    int rc = get_list(ld, v, where, line, 1, &n);
+    int rc = get_list(ld, v, where, line, l->need_one, &n);
     if (rc < 0) {
         return rc;
     }
-    cfg->tokens = px_calloc(n, sizeof(*cfg->tokens));
-    cfg->ntokens = n;
-    int *lines = px_calloc(n, sizeof(int));
+    char *arr = px_calloc(n ? n : 1, l->size);
+    /* The field is a pointer to the entry type; memcpy stores it without type punning. */
+    memcpy((char *)obj + l->arr_off, &arr, sizeof(arr));
+    memcpy((char *)obj + l->count_off, &n, sizeof(n));
+    int *lines = px_calloc(n ? n : 1, sizeof(int));
     void *it = NULL;
     char sub[CFG_WHERE_MAX];
     for (size_t i = 0; i < n; i++) {
         struct fy_node *item = fy_node_sequence_iterate(v, &it);
-        struct px_token_cfg *t = &cfg->tokens[i];
+        void *entry = arr + i * l->size;
         where_index(sub, sizeof(sub), where, i);
         lines[i] = node_line(item, line);
-        ld->nsecrets = 0;
+        ld->nsecrets = 0; /* counted per auth.tokens entry by its token handlers */
+        apply_defaults(l->opts, l->nopts, entry);
         if ((rc = check_plain_node(ld, item, sub, line)) < 0 ||
-            (rc = apply_table(ld, token_opts, sizeof(token_opts) / sizeof(token_opts[0]), t, item,
-                              sub, lines[i])) < 0) {
-            goto out;
-        }
-        if (ld->nsecrets != 1) {
-            rc = cfg_fail(ld, lines[i], sub, "give exactly one of token, token_env, token_sha256");
-            goto out;
-        }
-        if ((rc = check_dup(ld, cfg->tokens, sizeof(*t), offsetof(struct px_token_cfg, id), i,
-                            lines, sub, "token id")) < 0) {
-            goto out;
-        }
-        for (size_t k = 0; k < i; k++) {
-            if (memcmp(cfg->tokens[k].sha256, t->sha256, 32) == 0) {
-                rc = cfg_fail(ld, lines[i], sub, "same secret as token '%s' (line %d)",
-                              cfg->tokens[k].id, lines[k]);
-                goto out;
-            }
+            (rc = apply_table(ld, l->opts, l->nopts, entry, item, sub, lines[i])) < 0 ||
+            (l->check && (rc = l->check(ld, arr, i, lines, sub)) < 0) ||
+            (l->what &&
+             (rc = check_dup(ld, arr, l->size, l->name_off, i, lines, sub, l->what)) < 0)) {
+            break;
         }
     }
-out:
     free(lines);
     return rc;
 }
 
+/* auth.tokens[i]: exactly one secret, then a unique id, then a unique secret. */
+static int check_token(struct cfg_loader *ld, void *arr, size_t i, const int *lines,
+                       const char *where)
+{
+    struct px_token_cfg *tok = arr;
+    if (ld->nsecrets != 1) {
+        return cfg_fail(ld, lines[i], where, "give exactly one of token, token_env, token_sha256");
+    }
+    int rc = check_dup(ld, tok, sizeof(*tok), offsetof(struct px_token_cfg, id), i, lines, where,
+                       "token id");
+    if (rc < 0) {
+        return rc;
+    }
+    for (size_t k = 0; k < i; k++) {
+        if (memcmp(tok[k].sha256, tok[i].sha256, 32) == 0) {
+            return cfg_fail(ld, lines[i], where, "same secret as token '%s' (line %d)", tok[k].id,
+                            lines[k]);
+        }
+    }
+    return 0;
+}
+
+static const struct cfg_list token_list = {
+    LIST_OF(tokens, ntokens, token_opts, struct px_token_cfg, id), .what = NULL, .need_one = 1,
+    .check = check_token};
+
 static const struct cfg_opt auth_opts[] = {
-    OPT_CUSTOM("tokens", CFG_REQUIRED, h_tokens),
+    OPT_LIST("tokens", CFG_REQUIRED, &token_list),
 };
 
 /* ---- backends ---- */
@@ -794,37 +843,9 @@ static const struct cfg_opt backend_opts[] = {
 };
 #undef BE
 
-static int h_backends(struct cfg_loader *ld, void *obj, struct fy_node *v, const char *where,
-                      int line)
-{
-    struct px_config *cfg = obj;
-    size_t n;
-    int rc = get_list(ld, v, where, line, 1, &n);
-    if (rc < 0) {
-        return rc;
-    }
-    cfg->backends = px_calloc(n, sizeof(*cfg->backends));
-    cfg->nbackends = n;
-    int *lines = px_calloc(n, sizeof(int));
-    void *it = NULL;
-    char sub[CFG_WHERE_MAX];
-    const size_t nopts = sizeof(backend_opts) / sizeof(backend_opts[0]);
-    for (size_t i = 0; i < n; i++) {
-        struct fy_node *item = fy_node_sequence_iterate(v, &it);
-        struct px_backend_cfg *b = &cfg->backends[i];
-        where_index(sub, sizeof(sub), where, i);
-        lines[i] = node_line(item, line);
-        apply_defaults(backend_opts, nopts, b);
-        if ((rc = check_plain_node(ld, item, sub, line)) < 0 ||
-            (rc = apply_table(ld, backend_opts, nopts, b, item, sub, lines[i])) < 0 ||
-            (rc = check_dup(ld, cfg->backends, sizeof(*b), offsetof(struct px_backend_cfg, name), i,
-                            lines, sub, "backend")) < 0) {
-            break;
-        }
-    }
-    free(lines);
-    return rc;
-}
+static const struct cfg_list backend_list = {
+    LIST_OF(backends, nbackends, backend_opts, struct px_backend_cfg, name), .what = "backend",
+    .need_one = 1};
 
 /* ---- models ---- */
 
@@ -882,40 +903,21 @@ static const struct cfg_opt model_opts[] = {
 };
 #undef MO
 
-static int h_models(struct cfg_loader *ld, void *obj, struct fy_node *v, const char *where,
-                    int line)
+/* models[i]: upstream_model defaults to the model's own name. */
+static int check_model(struct cfg_loader *ld, void *arr, size_t i, const int *lines,
+                       const char *where)
 {
-    struct px_config *cfg = obj;
-    size_t n;
-    int rc = get_list(ld, v, where, line, 1, &n);
-    if (rc < 0) {
-        return rc;
+    (void)ld, (void)lines, (void)where;
+    struct px_model_cfg *m = (struct px_model_cfg *)arr + i;
+    if (m->upstream_model == NULL) {
+        m->upstream_model = px_strdup(m->name);
     }
-    cfg->models = px_calloc(n, sizeof(*cfg->models));
-    cfg->nmodels = n;
-    int *lines = px_calloc(n, sizeof(int));
-    void *it = NULL;
-    char sub[CFG_WHERE_MAX];
-    const size_t nopts = sizeof(model_opts) / sizeof(model_opts[0]);
-    for (size_t i = 0; i < n; i++) {
-        struct fy_node *item = fy_node_sequence_iterate(v, &it);
-        struct px_model_cfg *m = &cfg->models[i];
-        where_index(sub, sizeof(sub), where, i);
-        lines[i] = node_line(item, line);
-        apply_defaults(model_opts, nopts, m);
-        if ((rc = check_plain_node(ld, item, sub, line)) < 0 ||
-            (rc = apply_table(ld, model_opts, nopts, m, item, sub, lines[i])) < 0 ||
-            (rc = check_dup(ld, cfg->models, sizeof(*m), offsetof(struct px_model_cfg, name), i,
-                            lines, sub, "model")) < 0) {
-            break;
-        }
-        if (m->upstream_model == NULL) {
-            m->upstream_model = px_strdup(m->name);
-        }
-    }
-    free(lines);
-    return rc;
+    return 0;
 }
+
+static const struct cfg_list model_list = {
+    LIST_OF(models, nmodels, model_opts, struct px_model_cfg, name), .what = "model", .need_one = 1,
+    .check = check_model};
 
 /* ---- tiers ---- */
 
@@ -1142,36 +1144,9 @@ static const struct cfg_opt tenant_opts[] = {
 };
 #undef TE
 
-static int h_tenants(struct cfg_loader *ld, void *obj, struct fy_node *v, const char *where,
-                     int line)
-{
-    struct px_config *cfg = obj;
-    size_t n;
-    int rc = get_list(ld, v, where, line, 0, &n);
-    if (rc < 0) {
-        return rc;
-    }
-    cfg->tenants = px_calloc(n ? n : 1, sizeof(*cfg->tenants));
-    cfg->ntenants = n;
-    int *lines = px_calloc(n ? n : 1, sizeof(int));
-    void *it = NULL;
-    char sub[CFG_WHERE_MAX];
-    const size_t nopts = sizeof(tenant_opts) / sizeof(tenant_opts[0]);
-    for (size_t i = 0; i < n; i++) {
-        struct fy_node *item = fy_node_sequence_iterate(v, &it);
-        struct px_tenant_cfg *t = &cfg->tenants[i];
-        where_index(sub, sizeof(sub), where, i);
-        lines[i] = node_line(item, line);
-        if ((rc = check_plain_node(ld, item, sub, line)) < 0 ||
-            (rc = apply_table(ld, tenant_opts, nopts, t, item, sub, lines[i])) < 0 ||
-            (rc = check_dup(ld, cfg->tenants, sizeof(*t), offsetof(struct px_tenant_cfg, id), i,
-                            lines, sub, "tenant")) < 0) {
-            break;
-        }
-    }
-    free(lines);
-    return rc;
-}
+static const struct cfg_list tenant_list = {
+    LIST_OF(tenants, ntenants, tenant_opts, struct px_tenant_cfg, id), .what = "tenant",
+    .need_one = 0};
 
 /* ---- sections holding scalars of struct px_config ---- */
 
@@ -1274,11 +1249,11 @@ static const struct cfg_opt top_opts[] = {
     OPT_STR("listen", CF(listen), 0, 3, 300, "127.0.0.1:8000", check_hostport),
     OPT_STR("data_dir", CF(data_dir), 0, 1, 4000, "./data", NULL),
     OPT_SECTION("auth", CFG_REQUIRED, auth_opts),
-    OPT_CUSTOM("backends", CFG_REQUIRED, h_backends),
-    OPT_CUSTOM("models", CFG_REQUIRED, h_models),
+    OPT_LIST("backends", CFG_REQUIRED, &backend_list),
+    OPT_LIST("models", CFG_REQUIRED, &model_list),
     OPT_CUSTOM("tiers", RL, h_tiers),
     OPT_CUSTOM("default_tier", RL, h_default_tier),
-    OPT_CUSTOM("tenants", RL, h_tenants),
+    OPT_LIST("tenants", RL, &tenant_list),
     OPT_SECTION("store", 0, store_opts),
     OPT_SECTION("http", 0, http_opts),
     OPT_SECTION("timeouts", 0, timeout_opts),
