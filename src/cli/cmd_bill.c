@@ -166,7 +166,6 @@ int cli_cmd_bill(int argc, char **argv)
     const char *month = NULL;
     int json = 0;
     int opt;
-    char err[1024];
     struct px_config *cfg = NULL;
     struct store *st = NULL;
     struct store_usage_row *rows = NULL;
@@ -204,21 +203,15 @@ int cli_cmd_bill(int argc, char **argv)
         fprintf(stderr, "privax bill: --month must be YYYY-MM (e.g. 2025-03), got '%s'\n", month);
         return EX_USAGE;
     }
-    if (px_config_load(config_path, &cfg, err, sizeof(err)) < 0) {
-        fprintf(stderr, "%s\n", err);
-        return EX_CONFIG;
+    if ((rc = cli_config_load(config_path, &cfg)) != EX_OK ||
+        (rc = cli_store_open_report("bill", cfg, &st)) != EX_OK) {
+        goto out;
     }
-    if (cfg->ch_url != NULL || access(cfg->sqlite_path, F_OK) == 0) {
-        if (store_open_reader(cfg, &st, err, sizeof(err)) < 0) {
-            fprintf(stderr, "privax bill: %s\n", err);
-            rc = EX_UNAVAILABLE;
-            goto out;
-        }
+    if (st != NULL) {
         struct store_usage_query q = {
             .since_ms = since_ms, .until_ms = until_ms, .by = STORE_BY_TENANT};
         if (store_totals(st, &q, &rows, &nrows) < 0) {
-            fprintf(stderr, "privax bill: %s store: %s\n", st->ops->name, store_errmsg(st));
-            rc = EX_UNAVAILABLE;
+            rc = cli_store_fail("bill", st);
             goto out;
         }
     }

@@ -63,8 +63,7 @@ int cli_cmd_migrate(int argc, char **argv)
         fprintf(stderr, "privax migrate: --config FILE is required\n");
         return EX_USAGE;
     }
-    if (px_config_load(config_path, &cfg, err, sizeof(err)) < 0) {
-        fprintf(stderr, "%s\n", err);
+    if (cli_config_load(config_path, &cfg) != EX_OK) {
         return EX_CONFIG;
     }
     const struct store_ops *ops = store_ops_for(cfg);

@@ -355,7 +355,6 @@ int cli_cmd_nodes(int argc, char **argv)
     const char *sub = argv[1];
     optind = 1;
     while ((opt = getopt_long(argc - 1, argv + 1, "n:jt:l:m:h", longopts, NULL)) != -1) {
-        char *end;
         switch (opt) {
         case 'n':
             nodes_path = optarg;
@@ -364,9 +363,7 @@ int cli_cmd_nodes(int argc, char **argv)
             json = 1;
             break;
         case 't':
-            timeout_ms = strtol(optarg, &end, 10);
-            if (*end != '\0' || timeout_ms < 1 || timeout_ms > 600000) {
-                fprintf(stderr, "privax nodes: --timeout-ms must be 1..600000\n");
+            if (cli_parse_timeout_ms("nodes", optarg, &timeout_ms) != EX_OK) {
                 return EX_USAGE;
             }
             break;

@@ -191,7 +191,7 @@ static int read_store(const struct px_config *cfg, int64_t now_ms, struct scale_
     int64_t month1 = store_month_start_ms(month0 + 32 * DAY_MS, 0);
     in->month_elapsed_ms = now_ms - month0;
     in->month_length_ms = month1 - month0;
-    if (cfg->ch_url == NULL && access(cfg->sqlite_path, F_OK) != 0) {
+    if (!cli_store_has_data(cfg)) {
         /* A store that was never written to: no usage, and nothing is created to say so. */
         in->store_known = 1;
         in->scan_known = 1;
@@ -470,9 +470,7 @@ int cli_cmd_scale(int argc, char **argv)
             json = 1;
             break;
         case 't':
-            timeout_ms = strtol(optarg, &end, 10);
-            if (*end != '\0' || timeout_ms < 1 || timeout_ms > 600000) {
-                fprintf(stderr, "privax scale: --timeout-ms must be 1..600000\n");
+            if (cli_parse_timeout_ms("scale", optarg, &timeout_ms) != EX_OK) {
                 return EX_USAGE;
             }
             break;
@@ -501,8 +499,7 @@ int cli_cmd_scale(int argc, char **argv)
     struct px_config *cfg = NULL;
     struct px_config defaults;
     if (config_path != NULL) {
-        if (px_config_load(config_path, &cfg, err, sizeof(err)) < 0) {
-            fprintf(stderr, "%s\n", err);
+        if (cli_config_load(config_path, &cfg) != EX_OK) {
             return EX_CONFIG;
         }
     } else {

@@ -146,8 +146,7 @@ int cli_cmd_serve(int argc, char **argv)
     int rc = EX_OK;
     char err[1024];
     struct px_config *cfg = NULL;
-    if (px_config_load(config_path, &cfg, err, sizeof(err)) != 0) {
-        fprintf(stderr, "%s\n", err);
+    if (cli_config_load(config_path, &cfg) != EX_OK) {
         return EX_CONFIG;
     }
     signal(SIGPIPE, SIG_IGN);

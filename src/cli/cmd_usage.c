@@ -209,7 +209,6 @@ int cli_cmd_usage(int argc, char **argv)
     enum store_group by = STORE_BY_TENANT;
     int json = 0;
     int opt;
-    char err[1024];
     struct px_config *cfg = NULL;
     struct store *st = NULL;
     struct store_usage_row *rows = NULL;
@@ -298,23 +297,15 @@ int cli_cmd_usage(int argc, char **argv)
         snprintf(period, sizeof(period), "%s", month);
     }
 
-    if (px_config_load(config_path, &cfg, err, sizeof(err)) < 0) {
-        fprintf(stderr, "%s\n", err);
-        rc = EX_CONFIG;
+    if ((rc = cli_config_load(config_path, &cfg)) != EX_OK ||
+        (rc = cli_store_open_report("usage", cfg, &st)) != EX_OK) {
         goto out;
     }
-    /* A SQLite store that was never written to has no usage; do not create it to say so. */
-    if (cfg->ch_url != NULL || access(cfg->sqlite_path, F_OK) == 0) {
-        if (store_open_reader(cfg, &st, err, sizeof(err)) < 0) {
-            fprintf(stderr, "privax usage: %s\n", err);
-            rc = EX_UNAVAILABLE;
-            goto out;
-        }
+    if (st != NULL) {
         struct store_usage_query q = {
             .tenant_id = tenant, .since_ms = since_ms, .until_ms = until_ms, .by = by};
         if (store_usage(st, &q, &rows, &nrows) < 0) {
-            fprintf(stderr, "privax usage: %s store: %s\n", st->ops->name, store_errmsg(st));
-            rc = EX_UNAVAILABLE;
+            rc = cli_store_fail("usage", st);
             goto out;
         }
     }
