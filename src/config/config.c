@@ -6,7 +6,8 @@
  * apply_table(): it first rejects any key that is not a row (a typo must never be silently
  * ignored), then applies the rows in table order, not file order, so a row may depend on rows
  * above it (models resolve backend names, tenants resolve tier names). Sub-sections and lists
- * are rows too, of type CFG_SECTION (the same struct, another table) or CFG_CUSTOM (a handler).
+ * are rows too, of type CFG_SECTION (the same struct, another table) or CFG_CUSTOM (a handler,
+ * or for a list of mappings a struct cfg_list that load_list() walks with the entry's table).
  *
  * Errors: the first one wins and is written as "FILE:LINE: key.path: message". Lines come
  * from the scalar tokens' start marks (0-based in libfyaml, reported 1-based); a mapping or a
@@ -164,11 +165,20 @@ static void where_join(char *out, size_t cap, const char *where, const char *key
     out[n] = '\0';
 }
 
+/* "a" + 3 -> "a[3]", truncated like where_join (the same bytes snprintf would keep). Copied
+ * by hand because GCC's -Wformat-truncation flags "%s[%zu]" once load_list() is inlined. */
 static void where_index(char *out, size_t cap, const char *where, size_t i)
 {
-    if (snprintf(out, cap, "%s[%zu]", where, i) >= (int)cap) {
-        return; /* truncated, as above */
+    char idx[24]; /* "[", at most 20 digits, "]" */
+    snprintf(idx, sizeof(idx), "[%zu]", i);
+    size_t n = 0;
+    for (const char *p = where; *p && n + 1 < cap; p++) {
+        out[n++] = *p;
     }
+    for (const char *p = idx; *p && n + 1 < cap; p++) {
+        out[n++] = *p;
+    }
+    out[n] = '\0';
 }
 
 /* Reject aliases and tags anywhere a value is read, so every value is plain data. */
