@@ -96,11 +96,11 @@ struct px_config {
     struct px_tenant_cfg *tenants;
     size_t ntenants;
 
-    char *sqlite_path; /* store.sqlite, default <data_dir>/usage.db */
-    int retention_months; /* store.retention_months: months kept by privax migrate, default 18 */
-    char *ch_url;         /* store.clickhouse.url (http://host:port); NULL = SQLite store */
-    char *ch_database;    /* store.clickhouse.database, default "privax" */
-    char *ch_user;        /* store.clickhouse.user, default "default" */
+    char *sqlite_path;      /* store.sqlite, default <data_dir>/usage.db */
+    int retention_months;   /* store.retention_months: months kept by privax migrate, default 18 */
+    char *ch_url;           /* store.clickhouse.url (http://host:port); NULL = SQLite store */
+    char *ch_database;      /* store.clickhouse.database, default "privax" */
+    char *ch_user;          /* store.clickhouse.user, default "default" */
     char *ch_password_env;  /* store.clickhouse.password_env: env var with the password */
     uint64_t ch_timeout_ms; /* store.clickhouse.timeout_ms: one HTTP request, default 30000 */
 
@@ -121,17 +121,17 @@ struct px_config {
     uint64_t redis_timeout_ms; /* limits.redis_timeout_ms: slower answers count as failures */
     char *redis_prefix;        /* limits.key_prefix, default "privax" */
     /* queue: */
-    size_t queue_max;          /* queue.max_length: requests waiting for a slot, default 1024 */
-    uint64_t queue_timeout_ms; /* queue.timeout_ms: longest wait for a slot, default 30000 */
-    int access_log;            /* log.access: one line per request on stderr, default true */
+    size_t queue_max;            /* queue.max_length: requests waiting for a slot, default 1024 */
+    uint64_t queue_timeout_ms;   /* queue.timeout_ms: longest wait for a slot, default 30000 */
+    int access_log;              /* log.access: one line per request on stderr, default true */
     uint64_t health_interval_ms; /* health.interval_ms: active probe period, 0 = off */
     uint64_t health_timeout_ms;  /* health.timeout_ms: a probe slower than this failed */
     int max_tries;               /* routing.max_tries: backends tried per request, >= 1 */
     /* usage: */
-    uint64_t usage_flush_ms; /* writer batch interval, default 100 */
-    size_t usage_batch_max;  /* rows per transaction, default 1000 */
-    uint64_t spool_fsync_ms;  /* usage.spool_fsync_ms: group commit interval, default 100 */
-    uint64_t spool_max_bytes; /* usage.spool_max_bytes: spool size cap, default 1 GiB */
+    uint64_t usage_flush_ms;      /* writer batch interval, default 100 */
+    size_t usage_batch_max;       /* rows per transaction, default 1000 */
+    uint64_t spool_fsync_ms;      /* usage.spool_fsync_ms: group commit interval, default 100 */
+    uint64_t spool_max_bytes;     /* usage.spool_max_bytes: spool size cap, default 1 GiB */
     size_t usage_memory_max_rows; /* usage.memory_max_rows: rows held in memory while the
                                      spool is full, default 100000 */
     /* gpu: where GPU figures come from (docs/internals/metrics.md) */

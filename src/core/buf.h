@@ -8,10 +8,10 @@
  * NUL-terminated (the NUL is not counted in len and not against the cap), so a buffer can be
  * handed to APIs that want a C string. See docs/internals/buf.md. */
 struct buf {
-    char *data;    /* heap bytes, or NULL before the first append */
-    size_t len;    /* bytes used */
-    size_t alloc;  /* bytes allocated */
-    size_t cap;    /* most bytes len may ever reach */
+    char *data;   /* heap bytes, or NULL before the first append */
+    size_t len;   /* bytes used */
+    size_t alloc; /* bytes allocated */
+    size_t cap;   /* most bytes len may ever reach */
 };
 
 /* Prepare an empty buffer; nothing is allocated until the first append. */

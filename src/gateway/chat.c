@@ -33,48 +33,48 @@
 #include "health/health.h"
 
 #define CHAT_EVENT_MAX_BYTES (1u << 20)  /* one upstream stream event */
-#define CHAT_BODY_MAX_BYTES (16u << 20)  /* a whole upstream JSON answer */
-#define CHAT_OUT_MAX_BYTES (32u << 20)   /* translated bytes waiting to be written */
+#define CHAT_BODY_MAX_BYTES  (16u << 20) /* a whole upstream JSON answer */
+#define CHAT_OUT_MAX_BYTES   (32u << 20) /* translated bytes waiting to be written */
 
 /* The last part of the answer, sent by chat_deliver. */
 enum chat_final {
-    CHAT_FINAL_NONE = 0,  /* nothing (the client is gone) */
-    CHAT_FINAL_ERROR,     /* final_err: a JSON error, or an error event mid-stream */
-    CHAT_FINAL_STREAM,    /* the translated closing bytes in out (usage chunk, [DONE]) */
-    CHAT_FINAL_JSON,      /* the chat.completion in out */
+    CHAT_FINAL_NONE = 0, /* nothing (the client is gone) */
+    CHAT_FINAL_ERROR,    /* final_err: a JSON error, or an error event mid-stream */
+    CHAT_FINAL_STREAM,   /* the translated closing bytes in out (usage chunk, [DONE]) */
+    CHAT_FINAL_JSON,     /* the chat.completion in out */
 };
 
 struct gw_chat {
     struct gateway *gw;
-    struct http_req *req;       /* NULL once the response ended */
+    struct http_req *req; /* NULL once the response ended */
     struct gw_ident id;
     struct gw_chat_req body;
-    int identified;             /* authenticated: a usage row will be written */
-    int parsed;                 /* body validated: model and counts are known */
-    long backend;               /* index into gw->backends, -1 before routing */
-    long tried[16];             /* backends already tried for this request */
-    int ntried;                 /* entries in tried (<= routing.max_tries) */
-    int priority;               /* queue priority of the tenant's tier, higher first */
-    struct upstream_req *up;    /* the backend request while it runs */
+    int identified;          /* authenticated: a usage row will be written */
+    int parsed;              /* body validated: model and counts are known */
+    long backend;            /* index into gw->backends, -1 before routing */
+    long tried[16];          /* backends already tried for this request */
+    int ntried;              /* entries in tried (<= routing.max_tries) */
+    int priority;            /* queue priority of the tenant's tier, higher first */
+    struct upstream_req *up; /* the backend request while it runs */
     struct relay relay;
     struct sse_parser sse;
-    struct buf upbody;          /* JSON answer or error body from the backend */
-    struct buf out;             /* translated bytes for the client */
-    int up_status;              /* backend HTTP status */
-    uint64_t t0_ms;             /* px_mono_ms() at arrival */
-    int64_t queue_ms;           /* time spent waiting for a slot */
-    int64_t ttft_ms;            /* arrival to first byte to the client, -1 if none */
-    int started;                /* the streamed response has started */
-    int client_gone;            /* the client hung up */
-    struct lim_plan plan;       /* the tenant's limits */
-    struct lim_decision dec;    /* the admission decision */
-    int has_dec;                /* dec is set */
-    struct lim_pending *pending; /* admission waiting for Redis */
-    int64_t reserved;           /* tokens reserved at admission, settled in chat_done */
-    int status;                 /* HTTP status for the usage row */
-    const char *error_code;     /* "" on success */
-    enum chat_final final;      /* what chat_deliver sends once the row is spooled */
-    struct gw_error final_err;  /* the error to send, for CHAT_FINAL_ERROR */
+    struct buf upbody;             /* JSON answer or error body from the backend */
+    struct buf out;                /* translated bytes for the client */
+    int up_status;                 /* backend HTTP status */
+    uint64_t t0_ms;                /* px_mono_ms() at arrival */
+    int64_t queue_ms;              /* time spent waiting for a slot */
+    int64_t ttft_ms;               /* arrival to first byte to the client, -1 if none */
+    int started;                   /* the streamed response has started */
+    int client_gone;               /* the client hung up */
+    struct lim_plan plan;          /* the tenant's limits */
+    struct lim_decision dec;       /* the admission decision */
+    int has_dec;                   /* dec is set */
+    struct lim_pending *pending;   /* admission waiting for Redis */
+    int64_t reserved;              /* tokens reserved at admission, settled in chat_done */
+    int status;                    /* HTTP status for the usage row */
+    const char *error_code;        /* "" on success */
+    enum chat_final final;         /* what chat_deliver sends once the row is spooled */
+    struct gw_error final_err;     /* the error to send, for CHAT_FINAL_ERROR */
     struct gw_chat *qprev, *qnext; /* wait queue links */
     int queued;
     struct gw_chat *reap_next;
@@ -237,11 +237,10 @@ static void upstream_status_error(struct gw_chat *c, struct gw_error *err)
         gw_error_set(err, 400, "invalid_request_error", "invalid_value", "backend %s: %s", name,
                      msg);
     } else if (s == 429 || s == 503) {
-        gw_error_set(err, 503, "server_error", "backend_busy", "backend %s is busy: %s", name,
-                     msg);
+        gw_error_set(err, 503, "server_error", "backend_busy", "backend %s is busy: %s", name, msg);
     } else {
-        gw_error_set(err, 502, "server_error", "upstream_error",
-                     "backend %s answered HTTP %d: %s", name, s, msg);
+        gw_error_set(err, 502, "server_error", "upstream_error", "backend %s answered HTTP %d: %s",
+                     name, s, msg);
     }
 }
 
@@ -263,11 +262,10 @@ static void on_up_done(void *ud, int err, int status, const char *msg)
         gw_error_set(&e, 502, "server_error", "upstream_error", "backend %s: %s", name,
                      c->relay.error[0] ? c->relay.error : msg);
     } else if (err == PX_ECONNECT) {
-        gw_error_set(&e, 502, "server_error", "upstream_error", "backend %s unreachable: %s",
-                     name, msg);
-    } else if (err != 0) {
-        gw_error_set(&e, 502, "server_error", "upstream_error", "backend %s failed: %s", name,
+        gw_error_set(&e, 502, "server_error", "upstream_error", "backend %s unreachable: %s", name,
                      msg);
+    } else if (err != 0) {
+        gw_error_set(&e, 502, "server_error", "upstream_error", "backend %s failed: %s", name, msg);
     } else if (c->body.stream && !c->relay.done) {
         gw_error_set(&e, 502, "server_error", "upstream_error",
                      "backend %s closed the stream before it was complete", name);
@@ -606,8 +604,7 @@ static void chat_deliver(void *ud)
     case CHAT_FINAL_ERROR:
         if (c->started) {
             /* The stream is under way: an error event, and no [DONE] after it. */
-            relay_error_event(&c->out, c->final_err.type, c->final_err.code,
-                              c->final_err.message);
+            relay_error_event(&c->out, c->final_err.type, c->final_err.code, c->final_err.message);
             http_resp_write(c->req, c->out.data, c->out.len);
             http_resp_end(c->req);
         } else {
@@ -688,8 +685,7 @@ static void chat_done(struct gw_chat *c)
             ev->gpu_id = b->gpu_id;
             if (!c->relay.usage.present && c->relay.usage.total_tokens == 0) {
                 /* No counts from the backend (cut, gone, failed): bill what was relayed. */
-                provider__estimate(&c->relay, c->body.prompt_estimate,
-                                   c->relay.content_chunks);
+                provider__estimate(&c->relay, c->body.prompt_estimate, c->relay.content_chunks);
             }
             ev->prompt_tokens = c->relay.usage.prompt_tokens;
             ev->completion_tokens = c->relay.usage.completion_tokens;
@@ -742,8 +738,7 @@ static void chat_on_admit(void *ud, const struct lim_decision *d)
                      "%lld tokens per minute remain; retry in %lld s",
                      c->id.tenant_id,
                      (long long)(c->body.prompt_estimate +
-                                 (c->body.max_tokens ? c->body.max_tokens
-                                                     : p->default_max_tokens)),
+                                 (c->body.max_tokens ? c->body.max_tokens : p->default_max_tokens)),
                      (long long)d->tpm_remaining, p->tier, (long long)d->tpm_limit,
                      (long long)(d->retry_after_ms + 999) / 1000);
         break;
@@ -789,7 +784,8 @@ static void chat_admit(struct gw_chat *c)
     }
     /* Local decisions call back before lim_admit returns (and may have finished c), so the
      * handle is stored only when the answer is still to come. */
-    struct lim_pending *p = lim_admit(c->gw->lim, c->id.tenant_id, &c->plan, need, chat_on_admit, c);
+    struct lim_pending *p =
+        lim_admit(c->gw->lim, c->id.tenant_id, &c->plan, need, chat_on_admit, c);
     if (p) {
         c->pending = p;
     }

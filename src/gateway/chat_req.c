@@ -13,10 +13,9 @@
 #include "gateway/internal.h"
 
 #define CHAT_MAX_TOKENS_CAP 1000000 /* ceiling when the model's context is not configured */
-#define CHAT_MESSAGES_MAX 4096      /* messages in one request */
+#define CHAT_MESSAGES_MAX   4096    /* messages in one request */
 
-static const char *const roles[] = {"system", "user", "assistant", "tool", "developer",
-                                    "function"};
+static const char *const roles[] = {"system", "user", "assistant", "tool", "developer", "function"};
 
 static int bad(struct gw_error *err, const char *code, const char *msg)
 {
@@ -38,7 +37,8 @@ static int64_t content_chars(const json_t *content)
     int64_t n = 0;
     size_t i;
     json_t *part;
-    json_array_foreach (content, i, part) {
+    json_array_foreach(content, i, part)
+    {
         json_t *text = json_object_get(part, "text");
         if (json_is_string(text)) {
             n += text_chars(text);
@@ -66,7 +66,8 @@ static int check_messages(json_t *msgs, struct gw_chat_req *out, struct gw_error
     }
     size_t i;
     json_t *m;
-    json_array_foreach (msgs, i, m) {
+    json_array_foreach(msgs, i, m)
+    {
         if (!json_is_object(m)) {
             gw_error_set(err, 400, "invalid_request_error", "invalid_value",
                          "messages[%zu] must be an object", i);
@@ -89,8 +90,7 @@ static int check_messages(json_t *msgs, struct gw_chat_req *out, struct gw_error
         int tool_turn = json_is_null(content) && json_object_get(m, "tool_calls") != NULL;
         if (!json_is_string(content) && !json_is_array(content) && !tool_turn) {
             gw_error_set(err, 400, "invalid_request_error", "invalid_value",
-                         "messages[%zu].content must be a string or an array of content parts",
-                         i);
+                         "messages[%zu].content must be a string or an array of content parts", i);
             return -1;
         }
         if (!tool_turn) {
@@ -103,8 +103,7 @@ static int check_messages(json_t *msgs, struct gw_chat_req *out, struct gw_error
     return 0;
 }
 
-static int check_number(json_t *root, const char *field, double lo, double hi,
-                        struct gw_error *err)
+static int check_number(json_t *root, const char *field, double lo, double hi, struct gw_error *err)
 {
     json_t *v = json_object_get(root, field);
     if (!v || json_is_null(v)) {
@@ -132,8 +131,7 @@ static int check_max_tokens(const struct px_config *cfg, json_t *root, struct gw
         }
         if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > cap) {
             gw_error_set(err, 400, "invalid_request_error", "invalid_value",
-                         "'%s' must be an integer between 1 and %lld", fields[i],
-                         (long long)cap);
+                         "'%s' must be an integer between 1 and %lld", fields[i], (long long)cap);
             return -1;
         }
         out->max_tokens = (int64_t)json_integer_value(v);
@@ -157,8 +155,8 @@ int gw_chat_req_parse(const struct px_config *cfg, const char *body, size_t len,
         /* Valid JSON whose number does not fit 64 bits is a bad value, not bad JSON. */
         int too_big = strncmp(je.text, "too big", 7) == 0;
         gw_error_set(err, 400, "invalid_request_error", too_big ? "invalid_value" : "invalid_json",
-                     "request body is not valid JSON: %s at line %d column %d", je.text,
-                     je.line, je.column);
+                     "request body is not valid JSON: %s at line %d column %d", je.text, je.line,
+                     je.column);
         if (too_big) {
             gw_error_set(err, 400, "invalid_request_error", "invalid_value",
                          "a number in the request body is out of range: %s at line %d column %d",

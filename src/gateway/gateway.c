@@ -62,10 +62,10 @@ static void handle_health(struct gateway *gw, struct http_req *req)
         json_array_append_new(
             backends,
             json_pack("{s:s,s:s,s:s,s:s,s:b,s:i,s:i,s:i,s:I,s:I,s:I,s:s}", "name", b->cfg->name,
-                      "url", b->cfg->url, "protocol", b->ops->name, "state",
-                      health_state_name(hs), "backup", b->cfg->backup, "gpu_id", b->cfg->gpu_id,
-                      "inflight", b->inflight, "max_concurrency", b->cfg->max_concurrency,
-                      "requests", (json_int_t)b->requests, "failures", (json_int_t)b->failures,
+                      "url", b->cfg->url, "protocol", b->ops->name, "state", health_state_name(hs),
+                      "backup", b->cfg->backup, "gpu_id", b->cfg->gpu_id, "inflight", b->inflight,
+                      "max_concurrency", b->cfg->max_concurrency, "requests",
+                      (json_int_t)b->requests, "failures", (json_int_t)b->failures,
                       "last_check_unix_ms", (json_int_t)health_last_check_ms(gw->health, i),
                       "last_error", health_last_error(gw->health, i)));
     }
@@ -86,12 +86,12 @@ static void handle_health(struct gateway *gw, struct http_req *req)
         "spool_full_events", (json_int_t)us.spool_full_events, "dropped", (json_int_t)us.dropped,
         "rejected", (json_int_t)us.rejected, "last_error", us.last_error);
     const char *status = node_status(gw, degraded);
-    json_t *j = json_pack(
-        "{s:s,s:s,s:s,s:I,s:I,s:{s:I,s:I},s:o,s:o}", "status", status,
-        "limits", lim_mode(gw->lim), "node_id", gw->cfg->node_id, "uptime_s",
-        (json_int_t)((px_mono_ms() - gw->started_ms) / 1000), "inflight", (json_int_t)gw->inflight,
-        "queue", "length", (json_int_t)gw->queue_len, "oldest_wait_ms", (json_int_t)oldest,
-        "backends", backends, "usage", usage);
+    json_t *j =
+        json_pack("{s:s,s:s,s:s,s:I,s:I,s:{s:I,s:I},s:o,s:o}", "status", status, "limits",
+                  lim_mode(gw->lim), "node_id", gw->cfg->node_id, "uptime_s",
+                  (json_int_t)((px_mono_ms() - gw->started_ms) / 1000), "inflight",
+                  (json_int_t)gw->inflight, "queue", "length", (json_int_t)gw->queue_len,
+                  "oldest_wait_ms", (json_int_t)oldest, "backends", backends, "usage", usage);
     json_object_set_new(j, "gpus", gpu_sampler_gpus_json(gw->gpu, gw->cfg));
     json_object_set_new(j, "gpu", gpu_sampler_status_json(gw->gpu));
     send_json(req, strcmp(status, "down") == 0 ? 503 : 200, NULL, j);
@@ -161,8 +161,8 @@ static void handle_models(struct gateway *gw, struct http_req *req)
     json_t *data = json_array();
     for (size_t i = 0; i < gw->cfg->nmodels; i++) {
         json_array_append_new(data, json_pack("{s:s,s:s,s:I,s:s}", "id", gw->cfg->models[i].name,
-                                              "object", "model", "created",
-                                              (json_int_t)0, "owned_by", "privax"));
+                                              "object", "model", "created", (json_int_t)0,
+                                              "owned_by", "privax"));
     }
     send_json(req, 200, id.request_id, json_pack("{s:s,s:o}", "object", "list", "data", data));
 }
@@ -211,9 +211,8 @@ static void on_request(struct http_req *req, void *ud)
                      "method %s is not allowed on this path",
                      http_method_str((enum http_method)req->method));
     } else {
-        gw_error_set(&err, 404, "invalid_request_error", "unknown_url",
-                     "unknown URL: %.*s %.200s", 8,
-                     http_method_str((enum http_method)req->method), req->path);
+        gw_error_set(&err, 404, "invalid_request_error", "unknown_url", "unknown URL: %.*s %.200s",
+                     8, http_method_str((enum http_method)req->method), req->path);
     }
     gw_send_error(req, rid, &err);
 }

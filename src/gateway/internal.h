@@ -21,40 +21,40 @@
 
 /* An error as the client will see it: {"error":{"message","type","code"}}. */
 struct gw_error {
-    int status;               /* HTTP status */
-    const char *type;         /* invalid_request_error | authentication_error | ... */
-    const char *code;         /* machine-readable code, e.g. missing_header */
-    char message[320];        /* human-readable, says which field and why */
-    int retry_after_s;        /* Retry-After seconds, 0 for none (503 defaults to 1) */
+    int status;        /* HTTP status */
+    const char *type;  /* invalid_request_error | authentication_error | ... */
+    const char *code;  /* machine-readable code, e.g. missing_header */
+    char message[320]; /* human-readable, says which field and why */
+    int retry_after_s; /* Retry-After seconds, 0 for none (503 defaults to 1) */
 };
 
 /* Who is asking, from the headers (never from the body). Views are copied, so this outlives
  * nothing it points into. */
 struct gw_ident {
     char request_id[USAGE_ID_MAX + 1]; /* as sent, or a generated UUID */
-    char api_key_id[65];      /* id of the matching service token; "" before auth */
+    char api_key_id[65];               /* id of the matching service token; "" before auth */
     char tenant_id[USAGE_ID_MAX + 1];
     char user_id[USAGE_ID_MAX + 1];
-    size_t tier;              /* index into cfg->tiers */
+    size_t tier; /* index into cfg->tiers */
 };
 
 /* A validated chat completion request. */
 struct gw_chat_req {
-    json_t *root;             /* the parsed body, owned */
-    size_t model;             /* index into cfg->models */
-    int stream;               /* stream: true */
-    int64_t max_tokens;       /* requested, 0 when absent */
-    int64_t input_chars;      /* Unicode characters of message content */
-    int64_t prompt_estimate;  /* estimated prompt tokens (chars / 4 + framing) */
+    json_t *root;            /* the parsed body, owned */
+    size_t model;            /* index into cfg->models */
+    int stream;              /* stream: true */
+    int64_t max_tokens;      /* requested, 0 when absent */
+    int64_t input_chars;     /* Unicode characters of message content */
+    int64_t prompt_estimate; /* estimated prompt tokens (chars / 4 + framing) */
 };
 
 /* Per-backend live state. */
 struct gw_backend {
     const struct px_backend_cfg *cfg;
     const struct provider_ops *ops;
-    int inflight;             /* requests holding a slot */
-    uint64_t requests;        /* requests dispatched since start */
-    uint64_t failures;        /* upstream failures since start */
+    int inflight;      /* requests holding a slot */
+    uint64_t requests; /* requests dispatched since start */
+    uint64_t failures; /* upstream failures since start */
 };
 
 struct gw_chat;
@@ -64,25 +64,25 @@ struct gateway {
     const struct px_config *cfg;
     struct usage_writer *usage;
     struct limiter *lim;
-    struct health *health;       /* backend health (passive + active probes) */
-    struct metrics *metrics;     /* /metrics counters, fed by gw_meter() */
-    struct gpu_sampler *gpu;     /* GPU figures for /health and /metrics */
+    struct health *health;   /* backend health (passive + active probes) */
+    struct metrics *metrics; /* /metrics counters, fed by gw_meter() */
+    struct gpu_sampler *gpu; /* GPU figures for /health and /metrics */
     struct http_server *http;
     struct upstream_client *up;
     struct gw_backend *backends; /* cfg->nbackends entries */
     struct gw_chat *queue_head;  /* requests waiting for a backend slot, FIFO */
     struct gw_chat *queue_tail;
     size_t queue_len;
-    size_t queue_max;            /* waiting requests allowed before 503 */
-    uint64_t queue_timeout_ms;   /* wait allowed before 503 */
-    uv_timer_t queue_timer;      /* expires waiting requests */
-    uv_idle_t reap_idle;         /* runs gw_chat_reap() on the next loop turn */
-    struct gw_chat *reap_head;   /* requests to finish at a safe point (client gone) */
-    size_t inflight;             /* chat requests not yet metered */
-    int queue_max_priority;      /* highest tier priority ever queued (scan bound) */
-    int pumping;                 /* gw_queue_pump() is running */
-    int pump_again;              /* the queue changed while pumping: walk it again */
-    uint64_t started_ms;         /* px_mono_ms() at start */
+    size_t queue_max;          /* waiting requests allowed before 503 */
+    uint64_t queue_timeout_ms; /* wait allowed before 503 */
+    uv_timer_t queue_timer;    /* expires waiting requests */
+    uv_idle_t reap_idle;       /* runs gw_chat_reap() on the next loop turn */
+    struct gw_chat *reap_head; /* requests to finish at a safe point (client gone) */
+    size_t inflight;           /* chat requests not yet metered */
+    int queue_max_priority;    /* highest tier priority ever queued (scan bound) */
+    int pumping;               /* gw_queue_pump() is running */
+    int pump_again;            /* the queue changed while pumping: walk it again */
+    uint64_t started_ms;       /* px_mono_ms() at start */
 };
 
 /* ident.c: fill id from the headers. 0, or -1 with err set. request_id is always set first,
@@ -119,7 +119,7 @@ void gw_queue_expire(uv_timer_t *t);
 /* pool.c: pick the backend for model with a free slot (least in-flight relative to weight),
  * skipping the nskip backends in skip (already tried). GW_POOL_BUSY when every usable slot is
  * taken (wait), GW_POOL_NONE_HEALTHY when no backend of the model can serve at all. */
-#define GW_POOL_BUSY -1
+#define GW_POOL_BUSY         -1
 #define GW_POOL_NONE_HEALTHY -2
 long gw_pool_pick(struct gateway *gw, size_t model, const long *skip, int nskip);
 

@@ -25,8 +25,8 @@ struct health {
     uv_loop_t *loop;
     const struct px_config *cfg;
     struct upstream_client *up;
-    struct backend_health *b;   /* cfg->nbackends entries */
-    uv_timer_t timer;           /* probe period */
+    struct backend_health *b; /* cfg->nbackends entries */
+    uv_timer_t timer;         /* probe period */
     int closing;
 };
 
@@ -35,8 +35,9 @@ static void mark_down(struct health *h, size_t i, uint64_t now_ms, const char *w
     struct backend_health *bh = &h->b[i];
     const struct px_backend_cfg *bc = &h->cfg->backends[i];
     if (bh->down_until_ms == 0) {
-        px_log(PX_LOG_WARN, "backend=%s event=backend_down fails=%d fail_timeout_ms=%llu why=\"%s\"",
-               bc->name, bh->fails, (unsigned long long)bc->fail_timeout_ms, why);
+        px_log(PX_LOG_WARN,
+               "backend=%s event=backend_down fails=%d fail_timeout_ms=%llu why=\"%s\"", bc->name,
+               bh->fails, (unsigned long long)bc->fail_timeout_ms, why);
     }
     bh->down_until_ms = now_ms + bc->fail_timeout_ms;
     bh->trial_taken = 0;
@@ -164,9 +165,9 @@ static void probe(struct health *h, size_t i)
     if (h->b[i].probe) {
         return; /* the previous probe is still running (slow backend) */
     }
-    const char *path = bc->health_path ? bc->health_path
-                                       : (bc->protocol == PX_PROTO_OLLAMA ? "/api/tags"
-                                                                          : "/v1/models");
+    const char *path = bc->health_path
+                           ? bc->health_path
+                           : (bc->protocol == PX_PROTO_OLLAMA ? "/api/tags" : "/v1/models");
     char url[2400];
     snprintf(url, sizeof(url), "%s%s", bc->url, path);
     struct backend_health *bh = &h->b[i];

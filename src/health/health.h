@@ -20,9 +20,9 @@
 struct health;
 
 enum health_state {
-    HEALTH_UP = 0,      /* serving */
-    HEALTH_DOWN,        /* failed: no traffic until its fail_timeout ends */
-    HEALTH_TRIAL,       /* fail_timeout ended: one request may test it */
+    HEALTH_UP = 0, /* serving */
+    HEALTH_DOWN,   /* failed: no traffic until its fail_timeout ends */
+    HEALTH_TRIAL,  /* fail_timeout ended: one request may test it */
 };
 
 /* Create the tracker for cfg's backends and start probing with up (borrowed; both must

@@ -45,30 +45,30 @@ typedef void (*http_drain_fn)(struct http_req *req);
 
 struct http_req {
     /* Request line and headers; all views valid until http_resp_end(). */
-    int method;                   /* enum http_method from http_parser.h */
-    const char *path;             /* request target as sent (path and query) */
-    size_t path_len;              /* bytes in path */
+    int method;                        /* enum http_method from http_parser.h */
+    const char *path;                  /* request target as sent (path and query) */
+    size_t path_len;                   /* bytes in path */
     const struct http_header *headers; /* headers in arrival order */
-    size_t nheaders;              /* number of headers */
-    const char *body;             /* body bytes, NUL-terminated for convenience, or "" */
-    size_t body_len;              /* bytes in body (decoded if chunked) */
-    int keep_alive;               /* 1 when the connection stays open after the response */
-    uint64_t start_ms;            /* px_mono_ms() when the first byte of the request arrived */
-    char peer[64];                /* client address, "ip:port" */
+    size_t nheaders;                   /* number of headers */
+    const char *body;                  /* body bytes, NUL-terminated for convenience, or "" */
+    size_t body_len;                   /* bytes in body (decoded if chunked) */
+    int keep_alive;                    /* 1 when the connection stays open after the response */
+    uint64_t start_ms;                 /* px_mono_ms() when the first byte of the request arrived */
+    char peer[64];                     /* client address, "ip:port" */
 
     /* Set by the handler. */
-    void *data;                   /* handler-owned state */
-    http_abort_fn on_abort;       /* optional, see above */
-    http_drain_fn on_drain;       /* optional, see above */
+    void *data;             /* handler-owned state */
+    http_abort_fn on_abort; /* optional, see above */
+    http_drain_fn on_drain; /* optional, see above */
 };
 
 struct http_server_opts {
-    size_t header_max_bytes;      /* cap on request line + headers; over it -> 431 */
-    size_t body_max_bytes;        /* cap on the body; over it -> 413 */
-    uint64_t header_timeout_ms;   /* time allowed from first byte to end of headers -> 408 */
+    size_t header_max_bytes;       /* cap on request line + headers; over it -> 431 */
+    size_t body_max_bytes;         /* cap on the body; over it -> 413 */
+    uint64_t header_timeout_ms;    /* time allowed from first byte to end of headers -> 408 */
     uint64_t keepalive_timeout_ms; /* idle time allowed between requests on one connection */
-    size_t write_high_bytes;      /* queued response bytes above which http_resp_write
-                                     returns a positive "slow down" value */
+    size_t write_high_bytes;       /* queued response bytes above which http_resp_write
+                                      returns a positive "slow down" value */
 };
 
 /* Fill opts with defaults: 16 KiB headers, 4 MiB body, 10 s header timeout, 75 s keep-alive,
@@ -107,8 +107,8 @@ const char *http_req_header(const struct http_req *req, const char *name, size_t
 void http_resp_header(struct http_req *req, const char *name, const char *value);
 
 /* Send a whole response with Content-Length and end the request. content_type may be NULL. */
-void http_resp_send(struct http_req *req, int status, const char *content_type,
-                    const char *body, size_t len);
+void http_resp_send(struct http_req *req, int status, const char *content_type, const char *body,
+                    size_t len);
 
 /* Send {"error":{"message":msg,"type":type,"code":code}} with the given status and end the
  * request. code may be NULL (JSON null). */

@@ -13,8 +13,8 @@ void sse_parser_init(struct sse_parser *p, enum sse_mode mode, size_t event_max_
     p->mode = mode;
     p->event_max = event_max_bytes;
     /* NDJSON: one more byte for the CR of a CRLF ending, checked again once it is stripped. */
-    buf_init(&p->line, mode == SSE_MODE_NDJSON ? event_max_bytes + 1
-                                               : event_max_bytes + SSE_FIELD_SLACK);
+    buf_init(&p->line,
+             mode == SSE_MODE_NDJSON ? event_max_bytes + 1 : event_max_bytes + SSE_FIELD_SLACK);
     buf_init(&p->data, event_max_bytes);
     p->has_data = 0;
     p->skip_lf = 0;

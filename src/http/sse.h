@@ -21,12 +21,12 @@ enum sse_mode {
 };
 
 struct sse_parser {
-    enum sse_mode mode;  /* framing */
-    struct buf line;     /* the current partial line, capped at event_max_bytes */
-    struct buf data;     /* the current event's joined data lines, capped at event_max_bytes */
-    int has_data;        /* a data line was seen in the current event */
-    int skip_lf;         /* the previous byte was a CR that ended a line: drop a following LF */
-    size_t event_max;    /* cap on one event's data (NDJSON: one line without its CRLF) */
+    enum sse_mode mode; /* framing */
+    struct buf line;    /* the current partial line, capped at event_max_bytes */
+    struct buf data;    /* the current event's joined data lines, capped at event_max_bytes */
+    int has_data;       /* a data line was seen in the current event */
+    int skip_lf;        /* the previous byte was a CR that ended a line: drop a following LF */
+    size_t event_max;   /* cap on one event's data (NDJSON: one line without its CRLF) */
 };
 
 /* Called once per complete event with its data (len bytes, not NUL-terminated). Return 0 to go

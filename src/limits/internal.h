@@ -13,14 +13,14 @@ struct lim_redis;
 struct lim_pending {
     struct limiter *l;
     char tenant[USAGE_ID_MAX + 1];
-    struct lim_plan plan;       /* copy; plan.tier is borrowed from the config */
-    int64_t reserve;            /* tokens reserved */
+    struct lim_plan plan; /* copy; plan.tier is borrowed from the config */
+    int64_t reserve;      /* tokens reserved */
     lim_admit_fn cb;
     void *ud;
-    uint64_t deadline_ms;       /* uv_now() after which the policy answers instead */
-    int answered;               /* cb has fired (reply, timeout or shutdown) */
-    int cancelled;              /* the requester is gone: never call cb */
-    int in_redis;               /* a reply from hiredis is still due */
+    uint64_t deadline_ms;            /* uv_now() after which the policy answers instead */
+    int answered;                    /* cb has fired (reply, timeout or shutdown) */
+    int cancelled;                   /* the requester is gone: never call cb */
+    int in_redis;                    /* a reply from hiredis is still due */
     struct lim_pending *prev, *next; /* the limiter's waiting list, oldest first */
 };
 

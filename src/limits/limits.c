@@ -19,25 +19,25 @@
 struct lim_tenant {
     char *id;
     uint64_t hash;
-    int64_t rpm_tat_ns;         /* local GCRA state, monotonic ns */
+    int64_t rpm_tat_ns; /* local GCRA state, monotonic ns */
     int64_t tpm_tat_ns;
-    int64_t month_used;         /* tokens this month (store at start-up + since) */
-    struct lim_tenant *next;    /* hash chain */
+    int64_t month_used;      /* tokens this month (store at start-up + since) */
+    struct lim_tenant *next; /* hash chain */
 };
 
 struct limiter {
     uv_loop_t *loop;
     const struct px_config *cfg;
     struct lim_tenant **table;
-    size_t nbuckets;            /* power of two */
+    size_t nbuckets; /* power of two */
     size_t count;
-    int month_key;              /* YYYYMM the month counters belong to */
-    struct lim_redis *redis;    /* NULL in local mode */
-    int fail_open;              /* on_redis_error: open */
-    int64_t nodes;              /* degraded mode divides limits by this */
+    int month_key;           /* YYYYMM the month counters belong to */
+    struct lim_redis *redis; /* NULL in local mode */
+    int fail_open;           /* on_redis_error: open */
+    int64_t nodes;           /* degraded mode divides limits by this */
     uint64_t redis_timeout_ms;
     struct lim_pending *wait_head, *wait_tail; /* admissions waiting for Redis */
-    uv_timer_t wait_timer;      /* expires them after redis_timeout_ms */
+    uv_timer_t wait_timer;                     /* expires them after redis_timeout_ms */
 };
 
 static uint64_t fnv1a(const char *s)
@@ -362,9 +362,8 @@ static int preload_month(struct limiter *l, struct store *st)
     gmtime_r(&now, &tm);
     tm.tm_mday = 1;
     tm.tm_hour = tm.tm_min = tm.tm_sec = 0;
-    struct store_usage_query q = {.tenant_id = NULL,
-                                  .since_ms = (int64_t)timegm(&tm) * 1000,
-                                  .until_ms = INT64_MAX};
+    struct store_usage_query q = {
+        .tenant_id = NULL, .since_ms = (int64_t)timegm(&tm) * 1000, .until_ms = INT64_MAX};
     struct store_usage_row *rows = NULL;
     size_t n = 0;
     int rc = store_usage(st, &q, &rows, &n);
@@ -378,8 +377,7 @@ static int preload_month(struct limiter *l, struct store *st)
     return 0;
 }
 
-int lim_new(struct limiter **out, uv_loop_t *loop, const struct px_config *cfg,
-            struct store *st)
+int lim_new(struct limiter **out, uv_loop_t *loop, const struct px_config *cfg, struct store *st)
 {
     struct limiter *l = px_calloc(1, sizeof(*l));
     l->loop = loop;

@@ -34,22 +34,22 @@ struct lim_plan {
 
 enum lim_verdict {
     LIM_ALLOW = 0,
-    LIM_RPM = 1,                /* 429 rate_limit_exceeded */
-    LIM_TPM = 2,                /* 429 tokens_per_minute_exceeded */
-    LIM_MONTHLY = 3,            /* 429 monthly_quota_exceeded */
-    LIM_UNAVAILABLE = 4,        /* 503: shared limits unreachable and policy is closed */
+    LIM_RPM = 1,         /* 429 rate_limit_exceeded */
+    LIM_TPM = 2,         /* 429 tokens_per_minute_exceeded */
+    LIM_MONTHLY = 3,     /* 429 monthly_quota_exceeded */
+    LIM_UNAVAILABLE = 4, /* 503: shared limits unreachable and policy is closed */
 };
 
 /* A decision and the state to report in headers. */
 struct lim_decision {
     enum lim_verdict verdict;
-    int64_t retry_after_ms;     /* when the refused request would fit */
+    int64_t retry_after_ms; /* when the refused request would fit */
     int64_t rpm_limit, rpm_remaining, rpm_reset_ms;
     int64_t tpm_limit, tpm_remaining, tpm_reset_ms;
-    int64_t month_used;         /* tokens used this month before this request */
+    int64_t month_used; /* tokens used this month before this request */
     int64_t month_allowance;
-    int overage;                /* the tenant is past its allowance (billed as overage) */
-    int warn;                   /* at or past 80% of the allowance */
+    int overage; /* the tenant is past its allowance (billed as overage) */
+    int warn;    /* at or past 80% of the allowance */
 };
 
 /* Called once with the decision: synchronously in local mode, from the loop in redis mode. */
@@ -57,8 +57,7 @@ typedef void (*lim_admit_fn)(void *ud, const struct lim_decision *d);
 
 /* Create the limiter. Month-to-date usage per tenant is read from st (a blocking store query:
  * call at start-up, before serving). redis_url NULL or "" means local mode. */
-int lim_new(struct limiter **out, uv_loop_t *loop, const struct px_config *cfg,
-            struct store *st);
+int lim_new(struct limiter **out, uv_loop_t *loop, const struct px_config *cfg, struct store *st);
 /* Free (pending admissions are answered first, as LIM_UNAVAILABLE); closes Redis. */
 void lim_free(struct limiter *l);
 

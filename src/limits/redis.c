@@ -23,7 +23,7 @@
 #include "limits/internal.h"
 
 #define REDIS_RECONNECT_MS 1000
-#define REDIS_MONTH_TTL_S "3456000" /* 40 days: a month counter outlives its month */
+#define REDIS_MONTH_TTL_S  "3456000" /* 40 days: a month counter outlives its month */
 
 static const char ADMIT_LUA[] =
     "local t = redis.call('TIME')\n"
@@ -39,12 +39,15 @@ static const char ADMIT_LUA[] =
     "local used = tonumber(redis.call('GET', KEYS[3])) or 0\n"
     "local verdict, retry = 0, 0\n"
     "if rtat + rT - now > rcap then verdict = 1; retry = rtat + rT - now - rcap\n"
-    "elseif ttat + wcost * tT - now > tcap then verdict = 2; retry = ttat + wcost * tT - now - tcap\n"
+    "elseif ttat + wcost * tT - now > tcap then verdict = 2; retry = ttat + wcost * tT - now - "
+    "tcap\n"
     "elseif block == 1 and used >= allowance then verdict = 3\n"
     "else\n"
     "  rtat = rtat + rT; ttat = ttat + cost * tT\n"
-    "  redis.call('SET', KEYS[1], string.format('%.0f', rtat), 'PX', math.floor((rtat - now) / 1000) + 1000)\n"
-    "  redis.call('SET', KEYS[2], string.format('%.0f', ttat), 'PX', math.floor((ttat - now) / 1000) + 1000)\n"
+    "  redis.call('SET', KEYS[1], string.format('%.0f', rtat), 'PX', math.floor((rtat - now) / "
+    "1000) + 1000)\n"
+    "  redis.call('SET', KEYS[2], string.format('%.0f', ttat), 'PX', math.floor((ttat - now) / "
+    "1000) + 1000)\n"
     "end\n"
     "return {verdict, math.floor(retry / 1000), math.floor((rcap - (rtat - now)) / rT),\n"
     "  math.floor((rtat - now) / 1000), math.floor((tcap - (ttat - now)) / tT),\n"
@@ -57,7 +60,8 @@ static const char SETTLE_LUA[] =
     "local ttat = math.max(tonumber(redis.call('GET', KEYS[1])) or now, now)\n"
     "ttat = ttat + tonumber(ARGV[2]) * tT\n"
     "if ttat > now then\n"
-    "  redis.call('SET', KEYS[1], string.format('%.0f', ttat), 'PX', math.floor((ttat - now) / 1000) + 1000)\n"
+    "  redis.call('SET', KEYS[1], string.format('%.0f', ttat), 'PX', math.floor((ttat - now) / "
+    "1000) + 1000)\n"
     "else redis.call('DEL', KEYS[1]) end\n"
     "local actual = tonumber(ARGV[3])\n"
     "if actual > 0 then\n"
@@ -69,15 +73,15 @@ static const char SETTLE_LUA[] =
 struct lim_redis {
     struct limiter *l;
     uv_loop_t *loop;
-    redisAsyncContext *ac;      /* NULL while disconnected */
-    int connected;              /* the connect callback said OK */
-    int healthy;                /* connected and the last call answered in time */
+    redisAsyncContext *ac; /* NULL while disconnected */
+    int connected;         /* the connect callback said OK */
+    int healthy;           /* connected and the last call answered in time */
     int closing;
     char host[256];
     int port;
-    char password[256];         /* "" for none */
+    char password[256]; /* "" for none */
     int db;
-    char prefix[64];            /* key prefix */
+    char prefix[64]; /* key prefix */
     char sha_admit[41];
     char sha_settle[41];
     uv_timer_t reconnect;
@@ -140,8 +144,8 @@ static void reconnect_later(struct lim_redis *r);
 
 struct redis_poll {
     uv_poll_t poll;
-    redisAsyncContext *ac;      /* NULL once hiredis cleaned up */
-    int events;                 /* UV_READABLE | UV_WRITABLE wanted by hiredis */
+    redisAsyncContext *ac; /* NULL once hiredis cleaned up */
+    int events;            /* UV_READABLE | UV_WRITABLE wanted by hiredis */
 };
 
 static void on_redis_poll(uv_poll_t *h, int status, int events)
@@ -303,8 +307,9 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
     (void)status;
     r->ac = NULL;
     if (r->connected && !r->closing) {
-        px_log(PX_LOG_WARN, "event=redis_disconnected host=%s port=%d limits=degraded "
-                            "error=\"%s\"",
+        px_log(PX_LOG_WARN,
+               "event=redis_disconnected host=%s port=%d limits=degraded "
+               "error=\"%s\"",
                r->host, r->port, ac->errstr[0] ? ac->errstr : "connection closed");
     }
     r->connected = r->healthy = 0;
@@ -371,8 +376,17 @@ static int send_admit(struct lim_redis *r, struct lim_pending *p, int with_text)
     snprintf(a3, sizeof(a3), "%lld", (long long)p->reserve);
     snprintf(a4, sizeof(a4), "%lld", (long long)p->plan.monthly_tokens);
     snprintf(a5, sizeof(a5), "%d", p->plan.block_at_allowance);
-    const char *argv[] = {with_text ? "EVAL" : "EVALSHA", with_text ? ADMIT_LUA : r->sha_admit,
-                          "3", k1, k2, k3, a1, a2, a3, a4, a5};
+    const char *argv[] = {with_text ? "EVAL" : "EVALSHA",
+                          with_text ? ADMIT_LUA : r->sha_admit,
+                          "3",
+                          k1,
+                          k2,
+                          k3,
+                          a1,
+                          a2,
+                          a3,
+                          a4,
+                          a5};
     size_t lens[11];
     for (size_t i = 0; i < 11; i++) {
         lens[i] = strlen(argv[i]);

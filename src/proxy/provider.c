@@ -77,8 +77,7 @@ void relay_error_event(struct buf *out, const char *type, const char *code, cons
     char m[512];
     provider__copy_utf8(m, sizeof(m), msg, strlen(msg));
     px_utf8_sanitize(m); /* an error event must never be dropped for bad bytes in its text */
-    json_t *ev = json_pack("{s:{s:s,s:s,s:s?}}", "error", "message", m, "type", type, "code",
-                           code);
+    json_t *ev = json_pack("{s:{s:s,s:s,s:s?}}", "error", "message", m, "type", type, "code", code);
     provider__sse_json(out, ev);
 }
 

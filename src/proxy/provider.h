@@ -22,40 +22,40 @@ struct px_usage {
     int64_t prompt_tokens;
     int64_t completion_tokens;
     int64_t total_tokens;
-    int present;              /* 1 when the upstream reported counts */
+    int present; /* 1 when the upstream reported counts */
 };
 
 /* Per-response translation state, owned by the request. */
 struct relay {
     const struct provider_ops *ops;
-    const char *model;        /* model name the client sent (borrowed, outlives the relay) */
-    int rewrite_model;        /* 1 when the backend calls the model otherwise */
-    char id[64];              /* chatcmpl-... id for chunks privax writes */
-    int64_t created;          /* unix seconds for chunks privax writes */
-    struct px_usage usage;    /* last usage reported upstream */
-    int64_t content_chunks;   /* stream chunks that carried content (~ tokens relayed) */
-    int64_t output_chars;     /* Unicode characters of content relayed */
-    int role_sent;            /* the first chunk (role: assistant) was written */
-    int id_from_upstream;     /* id was taken from the backend's first chunk */
-    int done;                 /* the upstream said the stream is complete */
-    char finish_reason[16];   /* stop | length | ... as reported */
-    char error[256];          /* why the upstream stream failed, when it did */
+    const char *model;      /* model name the client sent (borrowed, outlives the relay) */
+    int rewrite_model;      /* 1 when the backend calls the model otherwise */
+    char id[64];            /* chatcmpl-... id for chunks privax writes */
+    int64_t created;        /* unix seconds for chunks privax writes */
+    struct px_usage usage;  /* last usage reported upstream */
+    int64_t content_chunks; /* stream chunks that carried content (~ tokens relayed) */
+    int64_t output_chars;   /* Unicode characters of content relayed */
+    int role_sent;          /* the first chunk (role: assistant) was written */
+    int id_from_upstream;   /* id was taken from the backend's first chunk */
+    int done;               /* the upstream said the stream is complete */
+    char finish_reason[16]; /* stop | length | ... as reported */
+    char error[256];        /* why the upstream stream failed, when it did */
 };
 
 enum relay_result {
-    RELAY_CONTINUE = 0,       /* go on reading */
-    RELAY_DONE = 1,           /* the upstream's stream is complete */
-    RELAY_ERROR = 2,          /* the upstream reported an error or sent garbage; see error */
+    RELAY_CONTINUE = 0, /* go on reading */
+    RELAY_DONE = 1,     /* the upstream's stream is complete */
+    RELAY_ERROR = 2,    /* the upstream reported an error or sent garbage; see error */
 };
 
 struct provider_ops {
-    const char *name;         /* protocol name as in config */
-    const char *chat_path;    /* appended to the backend URL */
+    const char *name;          /* protocol name as in config */
+    const char *chat_path;     /* appended to the backend URL */
     enum sse_mode stream_mode; /* framing of the backend's streamed answers */
     /* Build the backend request body from the client's request object (borrowed). *body is
      * malloc'd. 0 or PX_EPARSE. */
-    int (*build_request)(json_t *req, const char *upstream_model, int stream,
-                         char **body, size_t *len);
+    int (*build_request)(json_t *req, const char *upstream_model, int stream, char **body,
+                         size_t *len);
     /* Translate one stream event; append the OpenAI SSE bytes to relay to out. */
     enum relay_result (*stream_event)(struct relay *r, const char *data, size_t len,
                                       struct buf *out);

@@ -32,7 +32,8 @@ static json_t *flatten_content(json_t *content)
     json_t *s = json_string("");
     size_t i;
     const json_t *part;
-    json_array_foreach (content, i, part) {
+    json_array_foreach(content, i, part)
+    {
         const json_t *text = json_object_get(part, "text");
         if (json_is_string(text)) {
             size_t a = json_string_length(s);
@@ -51,16 +52,17 @@ static json_t *flatten_content(json_t *content)
     return s;
 }
 
-static int ollama_build_request(json_t *req, const char *upstream_model, int stream,
-                                char **body, size_t *len)
+static int ollama_build_request(json_t *req, const char *upstream_model, int stream, char **body,
+                                size_t *len)
 {
     json_t *msgs = json_array();
     size_t i;
     const json_t *m;
-    json_array_foreach (json_object_get(req, "messages"), i, m) {
-        json_array_append_new(msgs, json_pack("{s:O,s:o}", "role", json_object_get(m, "role"),
-                                              "content",
-                                              flatten_content(json_object_get(m, "content"))));
+    json_array_foreach(json_object_get(req, "messages"), i, m)
+    {
+        json_array_append_new(msgs,
+                              json_pack("{s:O,s:o}", "role", json_object_get(m, "role"), "content",
+                                        flatten_content(json_object_get(m, "content"))));
     }
     json_t *opts = json_object();
     for (size_t k = 0; k < sizeof(option_map) / sizeof(option_map[0]); k++) {
@@ -75,8 +77,8 @@ static int ollama_build_request(json_t *req, const char *upstream_model, int str
     } else if (json_is_array(stop)) {
         json_object_set(opts, "stop", stop);
     }
-    json_t *o = json_pack("{s:s,s:o,s:b,s:o}", "model", upstream_model, "messages", msgs,
-                          "stream", stream, "options", opts);
+    json_t *o = json_pack("{s:s,s:o,s:b,s:o}", "model", upstream_model, "messages", msgs, "stream",
+                          stream, "options", opts);
     json_t *rf = json_object_get(req, "response_format");
     if (json_is_object(rf) && json_is_string(json_object_get(rf, "type")) &&
         strcmp(json_string_value(json_object_get(rf, "type")), "json_object") == 0) {
@@ -113,9 +115,8 @@ static const char *finish_reason(const json_t *j)
 static json_t *chunk(const struct relay *r, json_t *delta, const char *finish)
 {
     return json_pack("{s:s,s:s,s:I,s:s,s:[{s:i,s:o,s:n,s:s?}]}", "id", r->id, "object",
-                     "chat.completion.chunk", "created", (json_int_t)r->created, "model",
-                     r->model, "choices", "index", 0, "delta", delta, "logprobs",
-                     "finish_reason", finish);
+                     "chat.completion.chunk", "created", (json_int_t)r->created, "model", r->model,
+                     "choices", "index", 0, "delta", delta, "logprobs", "finish_reason", finish);
 }
 
 static enum relay_result ollama_stream_event(struct relay *r, const char *data, size_t len,
@@ -139,9 +140,8 @@ static enum relay_result ollama_stream_event(struct relay *r, const char *data, 
     }
     if (!r->role_sent) {
         r->role_sent = 1;
-        provider__sse_json(out, chunk(r, json_pack("{s:s,s:s}", "role", "assistant", "content",
-                                                   ""),
-                                      NULL));
+        provider__sse_json(
+            out, chunk(r, json_pack("{s:s,s:s}", "role", "assistant", "content", ""), NULL));
     }
     json_t *content = json_object_get(json_object_get(j, "message"), "content");
     if (json_is_string(content) && json_string_length(content) > 0) {
@@ -170,8 +170,8 @@ static int ollama_complete(struct relay *r, const char *body, size_t len, int64_
     json_t *j = json_loadb(body, len, 0, &je);
     json_t *content = json_object_get(json_object_get(j, "message"), "content");
     if (!json_is_object(j) || !json_is_string(content)) {
-        snprintf(r->error, sizeof(r->error), "malformed response from backend%s%s",
-                 j ? "" : ": ", j ? "" : je.text);
+        snprintf(r->error, sizeof(r->error), "malformed response from backend%s%s", j ? "" : ": ",
+                 j ? "" : je.text);
         px_utf8_sanitize(r->error);
         json_decref(j);
         return PX_EPARSE;
@@ -181,13 +181,13 @@ static int ollama_complete(struct relay *r, const char *body, size_t len, int64_
     if (!r->usage.present) {
         provider__estimate(r, prompt_estimate, (r->output_chars + 3) / 4);
     }
-    json_t *o = json_pack(
-        "{s:s,s:s,s:I,s:s,s:[{s:i,s:{s:s,s:O},s:n,s:s}],s:{s:I,s:I,s:I}}", "id", r->id, "object",
-        "chat.completion", "created", (json_int_t)r->created, "model", r->model, "choices",
-        "index", 0, "message", "role", "assistant", "content", content, "logprobs",
-        "finish_reason", finish_reason(j), "usage", "prompt_tokens",
-        (json_int_t)r->usage.prompt_tokens, "completion_tokens",
-        (json_int_t)r->usage.completion_tokens, "total_tokens", (json_int_t)r->usage.total_tokens);
+    json_t *o = json_pack("{s:s,s:s,s:I,s:s,s:[{s:i,s:{s:s,s:O},s:n,s:s}],s:{s:I,s:I,s:I}}", "id",
+                          r->id, "object", "chat.completion", "created", (json_int_t)r->created,
+                          "model", r->model, "choices", "index", 0, "message", "role", "assistant",
+                          "content", content, "logprobs", "finish_reason", finish_reason(j),
+                          "usage", "prompt_tokens", (json_int_t)r->usage.prompt_tokens,
+                          "completion_tokens", (json_int_t)r->usage.completion_tokens,
+                          "total_tokens", (json_int_t)r->usage.total_tokens);
     json_decref(j);
     char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);

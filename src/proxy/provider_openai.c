@@ -11,8 +11,8 @@
 #include "core/util.h"
 #include "proxy/provider.h"
 
-static int openai_build_request(json_t *req, const char *upstream_model, int stream,
-                                char **body, size_t *len)
+static int openai_build_request(json_t *req, const char *upstream_model, int stream, char **body,
+                                size_t *len)
 {
     json_t *o = json_copy(req);
     json_object_set_new(o, "model", json_string(upstream_model));
@@ -88,8 +88,8 @@ static enum relay_result openai_stream_event(struct relay *r, const char *data, 
     json_t *content = json_object_get(delta, "content");
     if (json_is_string(content) && json_string_length(content) > 0) {
         r->content_chunks++;
-        r->output_chars += provider_utf8_chars(json_string_value(content),
-                                               json_string_length(content));
+        r->output_chars +=
+            provider_utf8_chars(json_string_value(content), json_string_length(content));
     }
     if (json_object_get(delta, "role")) {
         r->role_sent = 1;
@@ -134,8 +134,8 @@ static int openai_complete(struct relay *r, const char *body, size_t len, int64_
         set_error(r, "malformed response from backend", j ? NULL : &je);
         return PX_EPARSE;
     }
-    json_t *content = json_object_get(json_object_get(json_array_get(choices, 0), "message"),
-                                      "content");
+    json_t *content =
+        json_object_get(json_object_get(json_array_get(choices, 0), "message"), "content");
     if (json_is_string(content)) {
         r->output_chars =
             provider_utf8_chars(json_string_value(content), json_string_length(content));

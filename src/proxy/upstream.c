@@ -19,11 +19,11 @@
 struct upstream_client {
     uv_loop_t *loop;
     CURLM *multi;
-    uv_timer_t timer;         /* curl's own timeout */
-    int in_curl;              /* >0 while inside curl_multi_socket_action */
-    size_t active;            /* requests started and not done */
+    uv_timer_t timer;          /* curl's own timeout */
+    int in_curl;               /* >0 while inside curl_multi_socket_action */
+    size_t active;             /* requests started and not done */
     struct upstream_req *reqs; /* every live request, for free() */
-    CURL *spare[64];          /* easy handles kept for reuse (curl_easy_reset) */
+    CURL *spare[64];           /* easy handles kept for reuse (curl_easy_reset) */
     size_t nspare;
     int closing;
 };
@@ -32,17 +32,17 @@ struct upstream_req {
     struct upstream_client *c;
     CURL *easy;
     struct curl_slist *headers;
-    char *body;               /* copy of the request body */
-    size_t body_len;          /* bytes in body */
-    size_t body_off;          /* bytes of body handed to curl so far */
-    uv_timer_t timer;         /* first-byte, then idle timer */
+    char *body;       /* copy of the request body */
+    size_t body_len;  /* bytes in body */
+    size_t body_off;  /* bytes of body handed to curl so far */
+    uv_timer_t timer; /* first-byte, then idle timer */
     uint64_t idle_timeout_ms;
-    int got_head;             /* on_head was called */
-    int got_byte;             /* a body byte arrived */
-    int paused;               /* 1 while receiving is paused */
-    int cancelled;            /* cancelled inside a callback; finish silently */
-    uint64_t last_ms;         /* uv_now() of the last body byte */
-    int done;                 /* removed from multi; waiting for the timer handle to close */
+    int got_head;     /* on_head was called */
+    int got_byte;     /* a body byte arrived */
+    int paused;       /* 1 while receiving is paused */
+    int cancelled;    /* cancelled inside a callback; finish silently */
+    uint64_t last_ms; /* uv_now() of the last body byte */
+    int done;         /* removed from multi; waiting for the timer handle to close */
     char errbuf[CURL_ERROR_SIZE];
     struct upstream_req_opts o;
     struct upstream_req *prev, *next;
@@ -264,7 +264,8 @@ static void on_req_timer(uv_timer_t *t)
         return;
     }
     req_finish(r, -ETIMEDOUT,
-               r->got_byte ? "upstream idle timeout between chunks" : "upstream first byte timeout");
+               r->got_byte ? "upstream idle timeout between chunks"
+                           : "upstream first byte timeout");
 }
 
 static size_t on_write(char *p, size_t size, size_t n, void *ud)

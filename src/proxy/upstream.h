@@ -27,17 +27,18 @@ typedef int (*upstream_data_fn)(void *ud, const char *p, size_t n);
  * protocol error, ...; message in msg), PX_ECLOSED (aborted by on_data). A request is never
  * sent twice: when a reused keep-alive connection dies after the request went out, curl
  * would silently send it again on a new connection; the body is fed through a read callback
- * that cannot rewind, so curl fails instead (the GPU may already be generating). Called exactly once unless upstream_req_cancel() was called first. The request
- * is freed right after this returns. */
+ * that cannot rewind, so curl fails instead (the GPU may already be generating). Called exactly
+ * once unless upstream_req_cancel() was called first. The request is freed right after this
+ * returns. */
 typedef void (*upstream_done_fn)(void *ud, int err, int status, const char *msg);
 
 struct upstream_req_opts {
-    const char *url;                 /* full URL */
-    const char *body;                /* request body (POST) or NULL (GET); copied */
-    size_t body_len;                 /* bytes in body */
-    uint64_t connect_timeout_ms;     /* TCP connect */
-    uint64_t first_byte_timeout_ms;  /* request sent -> first body byte */
-    uint64_t idle_timeout_ms;        /* max gap between body bytes after the first */
+    const char *url;                /* full URL */
+    const char *body;               /* request body (POST) or NULL (GET); copied */
+    size_t body_len;                /* bytes in body */
+    uint64_t connect_timeout_ms;    /* TCP connect */
+    uint64_t first_byte_timeout_ms; /* request sent -> first body byte */
+    uint64_t idle_timeout_ms;       /* max gap between body bytes after the first */
     upstream_head_fn on_head;
     upstream_data_fn on_data;
     upstream_done_fn on_done;
