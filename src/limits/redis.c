@@ -116,7 +116,8 @@ static int parse_url(struct lim_redis *r, const char *url)
     snprintf(r->host, sizeof(r->host), "%.*s", (int)(end - p), p);
     r->port = 6379;
     if (*end == ':') {
-        r->port = atoi(end + 1) > 0 ? (int)strtol(end + 1, NULL, 10) : 6379;
+        long port = strtol(end + 1, NULL, 10);
+        r->port = port > 0 && port <= 65535 ? (int)port : 6379;
         end += 1 + strspn(end + 1, "0123456789");
     }
     if (*end == '/') {
