@@ -34,3 +34,18 @@ void px_assert_fail(const char *what, const char *file, int line)
     fprintf(stderr, "level=error assertion failed: %s at %s:%d\n", what, file, line);
     abort();
 }
+
+const char *px_log_quote(char *out, size_t cap, const char *s)
+{
+    size_t n = 0;
+    out[n++] = '"';
+    for (; *s && n + 3 < cap; s++) {
+        if (*s == '"' || *s == '\\') {
+            out[n++] = '\\';
+        }
+        out[n++] = *s;
+    }
+    out[n++] = '"';
+    out[n] = '\0';
+    return out;
+}

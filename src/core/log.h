@@ -1,6 +1,8 @@
 #ifndef PX_CORE_LOG_H
 #define PX_CORE_LOG_H
 
+#include <stddef.h>
+
 /* Logging: key=value lines on stderr. The macro checks the level before evaluating its
  * arguments; debug lines compile out of builds with NDEBUG. Never log tokens, prompts or
  * completions: log ids instead. */
@@ -13,6 +15,11 @@ enum px_log_level {
 };
 
 extern int px_log_min_level;
+
+/* s as a quoted log value ("..." with quotes and backslashes escaped, cut to fit cap), so a
+ * client-chosen value such as a tenant id `x tenant=acme` cannot forge fields. Returns out.
+ * cap must be at least 4. */
+const char *px_log_quote(char *out, size_t cap, const char *s);
 
 void px_log_write(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

@@ -290,9 +290,10 @@ static void on_up_done(void *ud, int err, int status, const char *msg)
         return;
     }
     c->gw->backends[c->backend].failures++;
-    px_log(PX_LOG_WARN,
-           "request_id=%s tenant=%s backend=%s event=upstream_failed status=%d msg=\"%s\"",
-           c->id.request_id, c->id.tenant_id, name, e.status, e.message);
+    char qt[2 * USAGE_ID_MAX + 4], qm[2 * sizeof(e.message) + 4];
+    px_log(PX_LOG_WARN, "request_id=%s tenant=%s backend=%s event=upstream_failed status=%d msg=%s",
+           c->id.request_id, px_log_quote(qt, sizeof(qt), c->id.tenant_id), name, e.status,
+           px_log_quote(qm, sizeof(qm), e.message));
     /* Connect errors, resets, 5xx and timeouts count against the backend's health; a 4xx is
      * the request's fault, a relay error the stream's. */
     int counts = err == PX_ECONNECT || err == PX_EUPSTREAM || err == -ETIMEDOUT ||
@@ -571,8 +572,10 @@ void gw_chat_reap(uv_idle_t *h)
         gw->reap_head = c->reap_next;
         http_resp_end(c->req); /* the client is gone: nothing more to send */
         c->req = NULL;
+        char qt[2 * USAGE_ID_MAX + 4];
         px_log(PX_LOG_INFO, "request_id=%s tenant=%s event=client_disconnected relayed_chunks=%lld",
-               c->id.request_id, c->id.tenant_id, (long long)c->relay.content_chunks);
+               c->id.request_id, px_log_quote(qt, sizeof(qt), c->id.tenant_id),
+               (long long)c->relay.content_chunks);
         chat_done(c);
     }
 }

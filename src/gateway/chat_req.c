@@ -47,6 +47,59 @@ static int64_t content_chars(const json_t *content)
     return n;
 }
 
+/* Content parts: a non-empty array of objects with a string "type"; text parts carry a
+ * string "text". Other part types (images, audio) pass through to the backend. */
+static int check_parts(json_t *parts, size_t i, struct gw_error *err)
+{
+    if (json_array_size(parts) == 0) {
+        gw_error_set(err, 400, "invalid_request_error", "invalid_value",
+                     "messages[%zu].content must not be an empty array", i);
+        return -1;
+    }
+    size_t k;
+    json_t *part;
+    json_array_foreach(parts, k, part)
+    {
+        json_t *type = json_object_get(part, "type");
+        if (!json_is_object(part) || !json_is_string(type)) {
+            gw_error_set(err, 400, "invalid_request_error", "invalid_value",
+                         "messages[%zu].content[%zu] must be an object with a string 'type'", i, k);
+            return -1;
+        }
+        if (strcmp(json_string_value(type), "text") == 0 &&
+            !json_is_string(json_object_get(part, "text"))) {
+            gw_error_set(err, 400, "invalid_request_error", "invalid_value",
+                         "messages[%zu].content[%zu].text must be a string", i, k);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* stop: a string or an array of at most 4 strings; tools: an array. */
+static int check_stop_tools(json_t *root, struct gw_error *err)
+{
+    json_t *stop = json_object_get(root, "stop");
+    if (stop && !json_is_null(stop) && !json_is_string(stop)) {
+        int ok = json_is_array(stop) && json_array_size(stop) <= 4;
+        size_t k;
+        json_t *v;
+        json_array_foreach(stop, k, v)
+        {
+            ok &= json_is_string(v);
+        }
+        if (!ok) {
+            return bad(err, "invalid_value",
+                       "'stop' must be a string or an array of at most 4 strings");
+        }
+    }
+    json_t *tools = json_object_get(root, "tools");
+    if (tools && !json_is_null(tools) && !json_is_array(tools)) {
+        return bad(err, "invalid_value", "'tools' must be an array");
+    }
+    return 0;
+}
+
 static int check_messages(json_t *msgs, struct gw_chat_req *out, struct gw_error *err)
 {
     if (!msgs) {
@@ -91,6 +144,15 @@ static int check_messages(json_t *msgs, struct gw_chat_req *out, struct gw_error
         if (!json_is_string(content) && !json_is_array(content) && !tool_turn) {
             gw_error_set(err, 400, "invalid_request_error", "invalid_value",
                          "messages[%zu].content must be a string or an array of content parts", i);
+            return -1;
+        }
+        if (json_is_array(content) && check_parts(content, i, err) != 0) {
+            return -1;
+        }
+        json_t *name = json_object_get(m, "name");
+        if (name && !json_is_string(name)) {
+            gw_error_set(err, 400, "invalid_request_error", "invalid_value",
+                         "messages[%zu].name must be a string", i);
             return -1;
         }
         if (!tool_turn) {
@@ -207,7 +269,7 @@ int gw_chat_req_parse(const struct px_config *cfg, const char *body, size_t len,
         bad(err, "invalid_value", "'n' must be 1: one choice per request");
         goto fail;
     }
-    if (check_max_tokens(cfg, root, out, err) != 0 ||
+    if (check_max_tokens(cfg, root, out, err) != 0 || check_stop_tools(root, err) != 0 ||
         check_number(root, "temperature", 0, 2, err) != 0 ||
         check_number(root, "top_p", 0, 1, err) != 0) {
         goto fail;

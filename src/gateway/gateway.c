@@ -211,8 +211,10 @@ static void on_request(struct http_req *req, void *ud)
                      "method %s is not allowed on this path",
                      http_method_str((enum http_method)req->method));
     } else {
-        gw_error_set(&err, 404, "invalid_request_error", "unknown_url", "unknown URL: %.*s %.200s",
-                     8, http_method_str((enum http_method)req->method), req->path);
+        /* The path is a view into the request head, not a C string: print only its bytes. */
+        int shown = req->path_len > 200 ? 200 : (int)req->path_len;
+        gw_error_set(&err, 404, "invalid_request_error", "unknown_url", "unknown URL: %.*s %.*s", 8,
+                     http_method_str((enum http_method)req->method), shown, req->path);
     }
     gw_send_error(req, rid, &err);
 }

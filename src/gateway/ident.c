@@ -29,6 +29,30 @@ void gw_error_set(struct gw_error *err, int status, const char *type, const char
     px_utf8_sanitize(err->message);
 }
 
+/* The value of a header that may appear at most once: 0 with *v (NULL when absent), or -1
+ * with err set when it appears twice (which one would win is exactly what an attacker or a
+ * confused proxy would exploit). */
+static int single_header(const struct http_req *req, const char *name, const char **v, size_t *n,
+                         struct gw_error *err)
+{
+    *v = NULL;
+    *n = 0;
+    for (size_t i = 0; i < req->nheaders; i++) {
+        const struct http_header *h = &req->headers[i];
+        if (!px_view_ieq(h->name, h->name_len, name)) {
+            continue;
+        }
+        if (*v) {
+            gw_error_set(err, 400, "invalid_request_error", "invalid_value",
+                         "the %s header is sent more than once", name);
+            return -1;
+        }
+        *v = h->value;
+        *n = h->value_len;
+    }
+    return 0;
+}
+
 /* 1 when (p, n) is a usable id: 1..USAGE_ID_MAX bytes, valid UTF-8, no control bytes. */
 static int id_ok(const char *p, size_t n)
 {
@@ -47,7 +71,11 @@ static int id_ok(const char *p, size_t n)
 static int request_id(const struct http_req *req, struct gw_ident *id, struct gw_error *err)
 {
     size_t n;
-    const char *v = http_req_header(req, "x-request-id", &n);
+    const char *v;
+    if (single_header(req, "X-Request-ID", &v, &n, err) != 0) {
+        px_uuid4(id->request_id);
+        return -1;
+    }
     if (!v || n == 0) {
         px_uuid4(id->request_id);
         return 0;
@@ -72,7 +100,13 @@ static int authenticate(const struct gateway *gw, const struct http_req *req, st
                         struct gw_error *err)
 {
     size_t n;
-    const char *v = http_req_header(req, "authorization", &n);
+    const char *v;
+    if (single_header(req, "Authorization", &v, &n, err) != 0) {
+        err->status = 401;
+        err->type = "authentication_error";
+        err->code = "invalid_token";
+        return -1;
+    }
     if (!v) {
         gw_error_set(err, 401, "authentication_error", "invalid_token",
                      "missing Authorization header (expected: Bearer <token>)");
@@ -114,7 +148,10 @@ static int tenant(const struct gateway *gw, const struct http_req *req, struct g
                   struct gw_error *err)
 {
     size_t n;
-    const char *v = http_req_header(req, "x-tenant-id", &n);
+    const char *v;
+    if (single_header(req, "X-Tenant-ID", &v, &n, err) != 0) {
+        return -1;
+    }
     if (!v || n == 0) {
         gw_error_set(err, 400, "invalid_request_error", "missing_header",
                      "X-Tenant-ID header is required");
@@ -129,7 +166,9 @@ static int tenant(const struct gateway *gw, const struct http_req *req, struct g
     memcpy(id->tenant_id, v, n);
     id->tenant_id[n] = '\0';
 
-    v = http_req_header(req, "x-user-id", &n);
+    if (single_header(req, "X-User-ID", &v, &n, err) != 0) {
+        return -1;
+    }
     if (v && n > 0) {
         if (!id_ok(v, n)) {
             gw_error_set(err, 400, "invalid_request_error", "invalid_value",
@@ -144,7 +183,9 @@ static int tenant(const struct gateway *gw, const struct http_req *req, struct g
     /* Tier: a pin in config wins, then the header, then the default tier. */
     const struct px_config *cfg = gw->cfg;
     long t = px_config_tenant(cfg, id->tenant_id, strlen(id->tenant_id));
-    v = http_req_header(req, "x-plan-tier", &n);
+    if (single_header(req, "X-Plan-Tier", &v, &n, err) != 0) {
+        return -1;
+    }
     long hdr = -1;
     if (v && n > 0) {
         hdr = px_config_tier(cfg, v, n);

@@ -215,8 +215,10 @@ static void ua_after(uv_work_t *w, int status)
     struct ua_job *j = w->data;
     if (status != 0 || j->rc != 0) {
         struct gw_error e;
+        char qt[2 * USAGE_ID_MAX + 4];
         px_log(PX_LOG_WARN, "request_id=%s event=usage_api_store_failed tenant=%s err=\"%s\"",
-               j->request_id, j->tenant, status ? uv_strerror(status) : j->err);
+               j->request_id, px_log_quote(qt, sizeof(qt), j->tenant),
+               status ? uv_strerror(status) : j->err);
         gw_error_set(&e, 503, "server_error", "store_unavailable",
                      "the usage store cannot be read right now");
         e.retry_after_s = 5;

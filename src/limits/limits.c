@@ -255,8 +255,10 @@ static void on_wait_tick(uv_timer_t *h)
     uint64_t now = uv_now(l->loop);
     while (l->wait_head && l->wait_head->deadline_ms <= now) {
         struct lim_pending *p = l->wait_head;
-        px_log(PX_LOG_WARN, "tenant=%s event=redis_slow timeout_ms=%llu policy=%s", p->tenant,
-               (unsigned long long)l->redis_timeout_ms, l->fail_open ? "open" : "closed");
+        char qt[2 * USAGE_ID_MAX + 4];
+        px_log(PX_LOG_WARN, "tenant=%s event=redis_slow timeout_ms=%llu policy=%s",
+               px_log_quote(qt, sizeof(qt), p->tenant), (unsigned long long)l->redis_timeout_ms,
+               l->fail_open ? "open" : "closed");
         lim_redis__timed_out(l->redis);
         lim__fallback(l, p); /* unlinks p; p stays allocated until hiredis calls back */
     }

@@ -331,8 +331,10 @@ static void on_admit_reply(redisAsyncContext *ac, void *reply, void *privdata)
     }
     if (!rep || rep->type != REDIS_REPLY_ARRAY || rep->elements != 7) {
         if (rep && !r->closing) {
-            px_log(PX_LOG_WARN, "tenant=%s event=redis_bad_reply type=%d error=\"%s\"", p->tenant,
-                   rep->type, rep->type == REDIS_REPLY_ERROR ? rep->str : "");
+            char qt[2 * USAGE_ID_MAX + 4];
+            px_log(PX_LOG_WARN, "tenant=%s event=redis_bad_reply type=%d error=\"%s\"",
+                   px_log_quote(qt, sizeof(qt), p->tenant), rep->type,
+                   rep->type == REDIS_REPLY_ERROR ? rep->str : "");
         }
         if (!p->answered) {
             lim__fallback(p->l, p);

@@ -318,7 +318,8 @@ static const struct {
      "\"call_1\",\"content\":\"42\"}]}",
      0, 0, 0, 4, 1 + 12 + 3},
     {"{\"model\":\"m\",\"messages\":[{\"role\":\"developer\",\"content\":\"x\"},{\"role\":"
-     "\"function\",\"name\":\"f\",\"content\":\"y\"},{\"role\":\"assistant\",\"content\":[]}]}",
+     "\"function\",\"name\":\"f\",\"content\":\"y\"},{\"role\":\"assistant\",\"content\":[{"
+     "\"type\":\"image_url\",\"image_url\":{}}]}]}",
      0, 0, 0, 2, 1 + 12 + 3},
     {"{\"model\":\"m\"," MSG ",\"stream\":true,\"stream_options\":{\"include_usage\":true},"
      "\"max_tokens\":100,\"temperature\":0.7,\"top_p\":1,\"n\":1,\"user\":\"u1\","
