@@ -221,12 +221,16 @@ int cli_cmd_bill(int argc, char **argv)
         goto out;
     }
     size_t n = 0;
-    for (size_t i = 0; i < nrows; i++, n++) {
+    for (size_t i = 0; i < nrows; i++) {
+        if (!store_tenant_billable(cfg, rows[i].tenant_id, rows[i].requests, rows[i].errors)) {
+            continue;
+        }
         snprintf(lines[n].tenant, sizeof(lines[n].tenant), "%s", rows[i].tenant_id);
         lines[n].tier =
             store_tenant_plan(cfg, rows[i].tenant_id, rows[i].plan_tier, &lines[n].allowance);
         lines[n].requests = rows[i].requests;
         lines[n].tokens = rows[i].total_tokens;
+        n++;
     }
     /* Pinned tenants subscribe whether they used anything or not. */
     for (size_t t = 0; t < cfg->ntenants; t++) {

@@ -212,6 +212,8 @@ static int read_store(const struct px_config *cfg, int64_t now_ms, struct scale_
         tu[i].tenant_id = rows[i].tenant_id;
         tu[i].plan_tier = rows[i].plan_tier;
         tu[i].total_tokens = rows[i].total_tokens;
+        tu[i].requests = rows[i].requests;
+        tu[i].errors = rows[i].errors;
         in->month_tokens += rows[i].total_tokens;
     }
     in->revenue_pence = scale_revenue_pence(cfg, tu, nrows, &mf->base_pence, &mf->overage_pence);

@@ -368,6 +368,9 @@ int64_t scale_revenue_pence(const struct px_config *cfg, const struct scale_tena
      * even in a month without usage. */
     int64_t base = 0, overage = 0;
     for (size_t i = 0; i < n && cfg->ntiers > 0; i++) {
+        if (!store_tenant_billable(cfg, t[i].tenant_id, t[i].requests, t[i].errors)) {
+            continue;
+        }
         int64_t allowance = 0;
         size_t tier = store_tenant_plan(cfg, t[i].tenant_id, t[i].plan_tier, &allowance);
         const struct px_tier_cfg *tc = &cfg->tiers[tier];

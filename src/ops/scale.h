@@ -82,6 +82,8 @@ struct scale_tenant_usage {
     const char *tenant_id; /* borrowed */
     const char *plan_tier; /* tier of the tenant's latest row this month */
     int64_t total_tokens;  /* this month */
+    int64_t requests;      /* this month */
+    int64_t errors;        /* of them refused or failed */
 };
 
 /* This month's revenue in pence, counted the way privax bill counts it: each tenant with usage

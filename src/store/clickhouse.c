@@ -405,9 +405,10 @@ static const char *const ch_group_expr[] = {
     [STORE_BY_DAY] = "toString(toDate(event_time, 'UTC'))",
 };
 
-/* The tier of the latest row; the greater name wins a tie within one millisecond (as in
- * SQLite). */
-#define CH_TIER_EXPR "argMax(plan_tier, (toUInt64(event_time) * 1000 + event_ms, plan_tier))"
+/* The tier of the latest successful row, else of the latest row; the greater name wins a tie
+ * within one millisecond (as in SQLite). */
+#define CH_TIER_EXPR                                                                               \
+    "argMax(plan_tier, (success, toUInt64(event_time) * 1000 + event_ms, plan_tier))"
 
 /* WHERE clause for [since, until) in ms (clamped to DateTime's range), and a tenant. */
 static int where_clause(struct buf *b, const struct store_usage_query *q)

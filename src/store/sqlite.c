@@ -142,10 +142,12 @@ static const char *const group_expr[] = {
     [STORE_BY_DAY] = "strftime('%Y-%m-%d', event_time / 1000, 'unixepoch')",
 };
 
-/* ?3 NULL selects every tenant. plan_tier is the tier of the tenant's latest row in the
- * period (a tenant may have changed plan mid-month; the latest is what it pays now); rows in
- * the same millisecond are broken by the greater tier name, as ClickHouse's argMax over
- * (time, tier) does, so both stores give one answer. %s is the grouping expression. */
+/* ?3 NULL selects every tenant. plan_tier is the tier of the tenant's latest successful row
+ * in the period (a tenant may have changed plan mid-month; the latest is what it pays now; a
+ * refused request naming some other tier must not decide the bill), else of its latest row;
+ * rows in the same millisecond are broken by the greater tier name, as ClickHouse's argMax
+ * over (success, time, tier) does, so both stores give one answer. %s is the grouping
+ * expression. */
 static const char agg_fmt[] =
     "SELECT %s AS k, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens),"
     " SUM(total_tokens), SUM(success = 0), AVG(latency_ms),"
@@ -157,7 +159,7 @@ static const char agg_fmt[] =
 static const char tier_sub[] =
     "(SELECT t.plan_tier FROM llm_requests t WHERE t.tenant_id = r.tenant_id"
     "   AND t.event_time >= ?1 AND t.event_time < ?2"
-    "   ORDER BY t.event_time DESC, t.plan_tier DESC LIMIT 1)";
+    "   ORDER BY t.success DESC, t.event_time DESC, t.plan_tier DESC LIMIT 1)";
 
 static const char lat_fmt[] =
     "SELECT %s AS k, latency_ms FROM llm_requests WHERE event_time >= ?1 AND event_time < ?2"

@@ -34,6 +34,16 @@ int store_open_reader(const struct px_config *cfg, struct store **out, char *err
                             : ops->open(out, cfg, err, errcap);
 }
 
+int store_tenant_billable(const struct px_config *cfg, const char *tenant, int64_t requests,
+                          int64_t errors)
+{
+    if (tenant[0] == '\0') {
+        return 0;
+    }
+    long ten = px_config_tenant(cfg, tenant, strlen(tenant));
+    return errors < requests || (ten >= 0 && cfg->tenants[ten].pinned);
+}
+
 size_t store_tenant_plan(const struct px_config *cfg, const char *tenant, const char *tier_name,
                          int64_t *allowance)
 {

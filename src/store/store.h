@@ -124,6 +124,13 @@ int store_row_check(const struct usage_event *ev, char *why, size_t whycap);
 /* Open cfg's store for reports (open_reader, else open). Same contract as the ops. */
 int store_open_reader(const struct px_config *cfg, struct store **out, char *err, size_t errcap);
 
+/* 1 when a tenant's rows for a month make it a customer to bill: it has a tenant id, and at
+ * least one of its requests succeeded or it is pinned to a tier in config. Rows without a
+ * tenant (the header was missing or refused) and ids whose every request was refused (a typo)
+ * are not billed. privax bill and privax scale's revenue both use this rule. */
+int store_tenant_billable(const struct px_config *cfg, const char *tenant, int64_t requests,
+                          int64_t errors);
+
 /* The plan that applies to tenant: a tier pinned in config wins, else tier_name when it is a
  * configured tier, else the default tier. *allowance is the tenant's monthly_tokens override,
  * else that tier's. Returns the tier's index in cfg->tiers (cfg has at least one tier). */

@@ -242,14 +242,16 @@ static void test_revenue(void **state)
     struct px_config cfg;
     cfg_init(&cfg);
     struct scale_tenant_usage t[] = {
-        {"pinned", "starter", 1000},   /* pinned to pro: 149.00 */
-        {"over", "starter", 6500000},  /* 39.00 + 1.5M over x 5.00 = 7.50 */
-        {"small", "starter", 2000001}, /* override 1M: 39.00 + 1000001 over = 5.000005 */
-        {"unknown-tier", "gold", 10},  /* default tier: 39.00 */
-        {"pro-user", "pro", 25000000}, /* exactly the allowance: 149.00 */
-        {"odd", "starter", 5000001},   /* 1 token over: 0.0005p rounds to 0 */
-        {"half", "starter", 5001000},  /* 1000 over: 0.5p rounds up to 1 */
-        {"blocked", "capped", 5000},   /* a tier that blocks: no overage charge */
+        {"pinned", "starter", 1000, 1, 0},   /* pinned to pro: 149.00 */
+        {"over", "starter", 6500000, 1, 0},  /* 39.00 + 1.5M over x 5.00 = 7.50 */
+        {"small", "starter", 2000001, 1, 0}, /* override 1M: 39.00 + 1000001 over = 5.000005 */
+        {"unknown-tier", "gold", 10, 1, 0},  /* default tier: 39.00 */
+        {"pro-user", "pro", 25000000, 1, 0}, /* exactly the allowance: 149.00 */
+        {"odd", "starter", 5000001, 1, 0},   /* 1 token over: 0.0005p rounds to 0 */
+        {"half", "starter", 5001000, 1, 0},  /* 1000 over: 0.5p rounds up to 1 */
+        {"blocked", "capped", 5000, 1, 0},   /* a tier that blocks: no overage charge */
+        {"typo", "starter", 0, 3, 3},        /* every request refused: not a customer */
+        {"", "starter", 0, 2, 2},            /* no tenant header: not a customer */
     };
     int64_t base, over;
     int64_t total = scale_revenue_pence(&cfg, t, sizeof(t) / sizeof(t[0]), &base, &over);
