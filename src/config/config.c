@@ -23,9 +23,11 @@
  * CFG_LIST_MAX entries. */
 #include "config/config.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <libfyaml.h>
+#include <netdb.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -557,6 +559,24 @@ static int check_hostport(struct cfg_loader *ld, char *s, const char *where, int
     int port;
     if (px_parse_hostport(s, host, sizeof(host), &port) < 0 || host[0] == '\0') {
         return cfg_fail(ld, line, where, "must be host:port, e.g. 127.0.0.1:8000");
+    }
+    /* What serve will bind: an IPv4 or [IPv6] literal, or a name that resolves. Checked here
+     * so that `config check` never passes a file `serve` cannot start with. */
+    char *h = host;
+    size_t hl = strlen(h);
+    if (hl >= 2 && h[0] == '[' && h[hl - 1] == ']') {
+        h[hl - 1] = '\0';
+        h++;
+    }
+    unsigned char a[16];
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+    struct addrinfo *res = NULL;
+    if (inet_pton(AF_INET, h, a) != 1 && inet_pton(AF_INET6, h, a) != 1) {
+        if (getaddrinfo(h, NULL, &hints, &res) != 0 || res == NULL) {
+            return cfg_fail(ld, line, where, "'%s' is not an IP address or a name that resolves",
+                            h);
+        }
+        freeaddrinfo(res);
     }
     return 0;
 }

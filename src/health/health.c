@@ -97,15 +97,19 @@ void health_report(struct health *h, size_t b, int ok, uint64_t now_ms)
     if (bh->down_until_ms != 0) {
         /* The trial failed (or a request that started before the backend went down): stay
          * down for another fail_timeout. */
-        mark_down(h, b, now_ms, "request failed while down or on trial");
+        snprintf(bh->last_error, sizeof(bh->last_error), "a request failed while down or on trial");
+        mark_down(h, b, now_ms, bh->last_error);
         return;
     }
     if (bh->fails == 0 || now_ms - bh->window_start_ms > bc->fail_timeout_ms) {
         bh->fails = 0;
         bh->window_start_ms = now_ms;
     }
-    if (++bh->fails >= bc->max_fails) {
-        mark_down(h, b, now_ms, "max_fails reached within fail_timeout");
+    ++bh->fails;
+    snprintf(bh->last_error, sizeof(bh->last_error), "%d failed request(s) within %llu ms",
+             bh->fails, (unsigned long long)bc->fail_timeout_ms);
+    if (bh->fails >= bc->max_fails) {
+        mark_down(h, b, now_ms, bh->last_error);
     }
 }
 
