@@ -1200,6 +1200,7 @@ static const struct cfg_opt http_opts[] = {
     OPT_NUM("body_max_bytes", CFG_SIZE, CF(body_max_bytes), 0, 4194304, 1024, 268435456),
     OPT_NUM("header_timeout_ms", CFG_U64, CF(header_timeout_ms), 0, 10000, 100, 3600000),
     OPT_NUM("keepalive_timeout_ms", CFG_U64, CF(keepalive_timeout_ms), 0, 75000, 100, 3600000),
+    OPT_NUM("body_timeout_ms", CFG_U64, CF(body_timeout_ms), 0, 60000, 100, 3600000),
 };
 
 static const struct cfg_opt timeout_opts[] = {

@@ -109,6 +109,7 @@ struct px_config {
     size_t body_max_bytes;         /* default 4 MiB */
     uint64_t header_timeout_ms;    /* default 10000 */
     uint64_t keepalive_timeout_ms; /* default 75000 */
+    uint64_t body_timeout_ms;      /* whole request body allowed this long, default 60000 */
     /* timeouts: */
     uint64_t connect_timeout_ms;    /* default 5000 */
     uint64_t first_byte_timeout_ms; /* default 120000 (a model load can be slow) */

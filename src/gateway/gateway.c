@@ -247,6 +247,7 @@ int gateway_start(struct gateway **out, uv_loop_t *loop, const struct px_config 
     ho.body_max_bytes = cfg->body_max_bytes;
     ho.header_timeout_ms = cfg->header_timeout_ms;
     ho.keepalive_timeout_ms = cfg->keepalive_timeout_ms;
+    ho.body_timeout_ms = cfg->body_timeout_ms;
     rc = http_server_start(&gw->http, loop, cfg->listen, &ho, on_request, gw);
     if (rc != 0) {
         px_log(PX_LOG_ERROR, "event=listen_failed listen=%s error=\"%s\"", cfg->listen,

@@ -64,27 +64,28 @@ struct http_conn {
     struct http_conn *next;
     struct http_conn *rprev; /* server's ready list: idle with pending input */
     struct http_conn *rnext;
-    struct h1_parser p;   /* request parser, reused across requests */
-    struct http_req req;  /* the request handed to the handler */
-    struct buf pending;   /* received, not yet parsed bytes (pipelining), capped */
-    struct buf out;       /* response head being built */
-    struct buf resp_hdrs; /* "Name: value\r\n" lines added by http_resp_header */
-    size_t wq_bytes;      /* bytes queued in uv_write requests, not yet written */
-    int state;            /* enum conn_state */
-    int handles_open;     /* tcp + timer handles not yet closed (0..2) */
-    int depth;            /* user callbacks of ours on the stack */
-    int closed;           /* 1 once the connection is closing (client gone or we hung up) */
-    int req_active;       /* 1 while a request is dispatched and not ended */
-    int aborted;          /* 1 once on_abort ran for the active request */
-    int resp_started;     /* 1 once the status line is queued */
-    int chunked;          /* 1 when the streamed response uses chunked framing */
-    int no_body;          /* 1 when the response carries no body bytes (HEAD, 204, 304) */
-    int drain_wanted;     /* 1 after http_resp_write reported the high-water mark */
-    int parsing;          /* 1 while conn_parse is on the stack */
-    int ready;            /* 1 while on the server's ready list */
-    int read_stopped;     /* 1 when reading is stopped because pending is full */
-    int continue_sent;    /* 1 once "100 Continue" went out for this request */
-    int cut;              /* 1 when the handler hung up mid-response (http_resp_abort) */
+    struct h1_parser p;        /* request parser, reused across requests */
+    struct http_req req;       /* the request handed to the handler */
+    struct buf pending;        /* received, not yet parsed bytes (pipelining), capped */
+    struct buf out;            /* response head being built */
+    struct buf resp_hdrs;      /* "Name: value\r\n" lines added by http_resp_header */
+    size_t wq_bytes;           /* bytes queued in uv_write requests, not yet written */
+    int state;                 /* enum conn_state */
+    int handles_open;          /* tcp + timer handles not yet closed (0..2) */
+    int depth;                 /* user callbacks of ours on the stack */
+    int closed;                /* 1 once the connection is closing (client gone or we hung up) */
+    int req_active;            /* 1 while a request is dispatched and not ended */
+    int aborted;               /* 1 once on_abort ran for the active request */
+    int resp_started;          /* 1 once the status line is queued */
+    int chunked;               /* 1 when the streamed response uses chunked framing */
+    int no_body;               /* 1 when the response carries no body bytes (HEAD, 204, 304) */
+    int drain_wanted;          /* 1 after http_resp_write reported the high-water mark */
+    int parsing;               /* 1 while conn_parse is on the stack */
+    int ready;                 /* 1 while on the server's ready list */
+    int read_stopped;          /* 1 when reading is stopped because pending is full */
+    int continue_sent;         /* 1 once "100 Continue" went out for this request */
+    int cut;                   /* 1 when the handler hung up mid-response (http_resp_abort) */
+    uint64_t body_deadline_ms; /* px_mono_ms() by which the body must be complete, 0 = unset */
 };
 
 struct http_server {
@@ -135,6 +136,7 @@ void http_server_opts_default(struct http_server_opts *opts)
     opts->header_max_bytes = 16 * 1024;
     opts->body_max_bytes = 4 * 1024 * 1024;
     opts->header_timeout_ms = 10000;
+    opts->body_timeout_ms = 60000;
     opts->keepalive_timeout_ms = 75000;
     opts->write_high_bytes = 256 * 1024;
 }
@@ -482,6 +484,7 @@ static size_t conn_parse(struct http_conn *c, const char *data, size_t len)
             c->state = C_READING;
             c->req.start_ms = px_mono_ms();
             c->continue_sent = 0;
+            c->body_deadline_ms = 0;
             uv_timer_start(&c->timer, on_timer, srv->opts.header_timeout_ms, 0);
         }
         size_t used = 0;
@@ -495,8 +498,22 @@ static size_t conn_parse(struct http_conn *c, const char *data, size_t len)
                 conn_write(c, &b, 1);
             }
             if (c->p.headers_done) {
-                /* Body inactivity: the same allowance as for the head, from the last byte. */
-                uv_timer_start(&c->timer, on_timer, srv->opts.header_timeout_ms, 0);
+                /* Body: the same inactivity allowance as for the head, from the last byte, and
+                 * a deadline for the whole body so a client trickling a byte at a time cannot
+                 * hold the connection for ever. */
+                uint64_t now = px_mono_ms();
+                if (c->body_deadline_ms == 0) {
+                    c->body_deadline_ms = now + srv->opts.body_timeout_ms;
+                }
+                if (now >= c->body_deadline_ms) {
+                    c->req.keep_alive = 0;
+                    conn_fail(c, 408);
+                    break;
+                }
+                uint64_t left = c->body_deadline_ms - now;
+                uv_timer_start(
+                    &c->timer, on_timer,
+                    left < srv->opts.header_timeout_ms ? left : srv->opts.header_timeout_ms, 0);
             }
             break;
         }
@@ -803,6 +820,8 @@ int http_server_start(struct http_server **out, uv_loop_t *loop, const char *add
         srv->opts.header_max_bytes ? srv->opts.header_max_bytes : def.header_max_bytes;
     srv->opts.header_timeout_ms =
         srv->opts.header_timeout_ms ? srv->opts.header_timeout_ms : def.header_timeout_ms;
+    srv->opts.body_timeout_ms =
+        srv->opts.body_timeout_ms ? srv->opts.body_timeout_ms : def.body_timeout_ms;
     srv->opts.keepalive_timeout_ms =
         srv->opts.keepalive_timeout_ms ? srv->opts.keepalive_timeout_ms : def.keepalive_timeout_ms;
     srv->opts.write_high_bytes =

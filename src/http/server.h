@@ -67,12 +67,14 @@ struct http_server_opts {
     size_t body_max_bytes;         /* cap on the body; over it -> 413 */
     uint64_t header_timeout_ms;    /* time allowed from first byte to end of headers -> 408 */
     uint64_t keepalive_timeout_ms; /* idle time allowed between requests on one connection */
+    uint64_t body_timeout_ms;      /* time allowed from the end of the head to the end of the
+                                      body, however steadily it trickles in -> 408 */
     size_t write_high_bytes;       /* queued response bytes above which http_resp_write
                                       returns a positive "slow down" value */
 };
 
-/* Fill opts with defaults: 16 KiB headers, 4 MiB body, 10 s header timeout, 75 s keep-alive,
- * 256 KiB write high-water. */
+/* Fill opts with defaults: 16 KiB headers, 4 MiB body, 10 s header timeout, 60 s body timeout,
+ * 75 s keep-alive, 256 KiB write high-water. */
 void http_server_opts_default(struct http_server_opts *opts);
 
 /* Bind and listen on addr ("host:port"; port 0 picks a free one) and serve requests with
