@@ -2,13 +2,16 @@
 # `make run`: a simulated GPU node on 127.0.0.1:11434 in the background and the gateway on
 # 127.0.0.1:8000 in the foreground, with examples/privax.yaml. The sim is stopped when serve
 # exits, whatever the reason (Ctrl-C, SIGTERM, an error).
+#
+# Other ports: PX_SIM_ADDR=127.0.0.1:11435 PX_LISTEN=127.0.0.1:8001 make run writes a copy of
+# the config to data/run.yaml with those two addresses (the sim URL in every backend).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 BIN=${PRIVAX_BIN:-build/privax}
 CONFIG=${PX_CONFIG:-examples/privax.yaml}
-SIM_ADDR=127.0.0.1:11434
-GW_ADDR=127.0.0.1:8000
+SIM_ADDR=${PX_SIM_ADDR:-127.0.0.1:11434}
+GW_ADDR=${PX_LISTEN:-127.0.0.1:8000}
 
 [ -x "$BIN" ] || { echo "run: $BIN is missing; run 'make build' first" >&2; exit 1; }
 [ -f "$CONFIG" ] || { echo "run: $CONFIG is missing" >&2; exit 1; }
@@ -16,13 +19,19 @@ GW_ADDR=127.0.0.1:8000
 port_busy() { (exec 3<>"/dev/tcp/${1%:*}/${1##*:}") 2>/dev/null; }
 for a in "$SIM_ADDR" "$GW_ADDR"; do
   if port_busy "$a"; then
-    echo "run: $a is already in use (another 'make run'?); stop that first" >&2
+    echo "run: $a is already in use (another 'make run'?); stop that, or pick other ports:" >&2
+    echo "     PX_SIM_ADDR=127.0.0.1:11435 PX_LISTEN=127.0.0.1:8001 make run" >&2
     exit 1
   fi
 done
 
-"$BIN" config check "$CONFIG"
 mkdir -p data
+if [ "$SIM_ADDR" != 127.0.0.1:11434 ] || [ "$GW_ADDR" != 127.0.0.1:8000 ]; then
+  sed -e "s#^listen: .*#listen: $GW_ADDR#" -e "s#http://127.0.0.1:11434#http://$SIM_ADDR#" \
+    "$CONFIG" > data/run.yaml
+  CONFIG=data/run.yaml
+fi
+"$BIN" config check "$CONFIG"
 
 sim_pid=
 cleanup() {
