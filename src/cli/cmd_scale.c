@@ -386,6 +386,7 @@ static void print_text(const char *nodes_path, int64_t now_ms, struct node_view 
     }
     printf("\n%-32s %16s %16s  %s\n", "TRIGGER", "VALUE", "THRESHOLD", "VERDICT");
     int yes = 0;
+    int unknown = 0;
     for (int i = 0; i < 4; i++) {
         const struct scale_trigger *t = &r->t[i];
         char val[48], thr[48];
@@ -398,15 +399,22 @@ static void print_text(const char *nodes_path, int64_t now_ms, struct node_view 
         printf("%-32s %16s %16s  %s\n", t->label, val, thr, scale_verdict_name(t->verdict));
         printf("    %s\n", t->detail);
         yes += t->verdict == SCALE_YES;
+        unknown += t->verdict == SCALE_UNKNOWN;
     }
     if (store_error != NULL) {
         printf("\nstore: %s\n", store_error);
     }
-    printf("\nAdvice: %s", r->add_node ? "add a node" : "no new node needed");
     if (r->add_node) {
-        printf(" (%d of 4 triggers hold)", yes);
+        printf("\nAdvice: add a node (%d of 4 triggers hold).\n\n", yes);
+    } else if (unknown == 4) {
+        /* Nothing could be measured: "no new node needed" would be a guess. */
+        printf("\nAdvice: cannot tell (no trigger could be evaluated; see above).\n\n");
+    } else if (unknown > 0) {
+        printf("\nAdvice: no new node needed by the %d triggers that could be evaluated.\n\n",
+               4 - unknown);
+    } else {
+        printf("\nAdvice: no new node needed.\n\n");
     }
-    printf(".\n\n");
     char a[48], b[48];
     printf("%-34s %16s %16s\n", "CAPACITY AND COST (per month)", "", "");
     snprintf(a, sizeof(a), "N = %" PRId64, r->cap[0].nodes);
