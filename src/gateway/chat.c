@@ -200,8 +200,7 @@ static int on_event(void *ud, const char *data, size_t len)
         snprintf(c->relay.error, sizeof(c->relay.error), "translated stream exceeds the cap");
         return 1;
     }
-    chat_flush(c);
-    return r == RELAY_ERROR || c->client_gone;
+    return r == RELAY_ERROR;
 }
 
 static int on_up_data(void *ud, const char *p, size_t n)
@@ -215,6 +214,11 @@ static int on_up_data(void *ud, const char *p, size_t n)
         if (rc == PX_EOVERFLOW) {
             snprintf(c->relay.error, sizeof(c->relay.error),
                      "backend stream event exceeds %u bytes", CHAT_EVENT_MAX_BYTES);
+        }
+        if (rc == 0) {
+            /* Every event complete in this read goes out in one write: a read holding many
+             * events costs one syscall, and no event waits for a later read. */
+            chat_flush(c);
         }
         return rc;
     }
