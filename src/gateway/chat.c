@@ -597,9 +597,12 @@ void gw_chat_abort_all(struct gateway *gw)
 
 /* ---- meter and free ---- */
 
+/* Bounded copy for the row's fixed-size strings (the hot path: no format parsing). */
 static void copy_str(char *dst, size_t cap, const char *s)
 {
-    snprintf(dst, cap, "%s", s ? s : "");
+    size_t n = s ? strnlen(s, cap - 1) : 0;
+    memcpy(dst, s ? s : "", n);
+    dst[n] = '\0';
 }
 
 /* The row is in the spool (or cannot be waited for): send the end of the answer, free. */

@@ -32,6 +32,7 @@ struct limiter {
     size_t nbuckets; /* power of two */
     size_t count;
     int month_key;           /* YYYYMM the month counters belong to */
+    time_t month_end;        /* when month_key is computed again (unix seconds) */
     struct lim_redis *redis; /* NULL in local mode */
     int fail_open;           /* on_redis_error: open */
     int64_t nodes;           /* degraded mode divides limits by this */
@@ -67,7 +68,14 @@ int lim__month_key(void)
 /* A new month: every month counter starts again from zero. */
 static void roll_month(struct limiter *l)
 {
+    /* Checked on every admission: compare with the cached end of the month instead of
+     * breaking the clock into a date each time. */
+    time_t now = time(NULL);
+    if (now < l->month_end) {
+        return;
+    }
     int key = lim__month_key();
+    l->month_end = now + (time_t)(lim__ms_to_next_month() / 1000);
     if (key == l->month_key) {
         return;
     }
