@@ -409,13 +409,49 @@ int lim_redis__admit(struct lim_redis *r, struct lim_pending *p)
     return send_admit(r, p, 0);
 }
 
+/* A settle's arguments, kept until Redis answered: a NOSCRIPT (Redis restarted and lost its
+ * scripts) is answered by sending the script text once, so a settle is never lost to it. */
+struct settle_args {
+    char k1[512], k2[512], a1[24], a2[24], a3[24];
+    int with_text; /* 1 once resent as EVAL */
+};
+
+static void send_settle(struct lim_redis *r, struct settle_args *sa);
+
 static void on_settle_reply(redisAsyncContext *ac, void *reply, void *privdata)
 {
-    (void)privdata;
+    struct settle_args *sa = privdata;
     struct lim_redis *r = ac->data;
     redisReply *rep = reply;
+    if (rep && rep->type == REDIS_REPLY_ERROR && strncmp(rep->str, "NOSCRIPT", 8) == 0 &&
+        !sa->with_text && r->connected && !r->closing) {
+        sa->with_text = 1;
+        send_settle(r, sa);
+        return;
+    }
     if (rep && rep->type == REDIS_REPLY_ERROR && !r->closing) {
         px_log(PX_LOG_WARN, "event=redis_settle_failed error=\"%s\"", rep->str);
+    }
+    free(sa);
+}
+
+static void send_settle(struct lim_redis *r, struct settle_args *sa)
+{
+    const char *argv[] = {sa->with_text ? "EVAL" : "EVALSHA",
+                          sa->with_text ? SETTLE_LUA : r->sha_settle,
+                          "2",
+                          sa->k1,
+                          sa->k2,
+                          sa->a1,
+                          sa->a2,
+                          sa->a3,
+                          REDIS_MONTH_TTL_S};
+    size_t lens[9];
+    for (size_t i = 0; i < 9; i++) {
+        lens[i] = strlen(argv[i]);
+    }
+    if (redisAsyncCommandArgv(r->ac, on_settle_reply, sa, 9, argv, lens) != REDIS_OK) {
+        free(sa); /* no reply will come: counted locally, the shared bucket refills */
     }
 }
 
@@ -425,20 +461,13 @@ void lim_redis__settle(struct lim_redis *r, const char *tenant, const struct lim
     if (!r->ac || !r->connected) {
         return; /* counted locally; the shared bucket refills on its own */
     }
-    char k1[512], k2[512], a1[24], a2[24], a3[24];
-    key(k1, sizeof(k1), r, tenant, "tpm");
-    month_key(k2, sizeof(k2), r, tenant);
-    snprintf(a1, sizeof(a1), "%lld", (long long)p->tpm);
-    snprintf(a2, sizeof(a2), "%lld", (long long)delta_tokens);
-    snprintf(a3, sizeof(a3), "%lld", (long long)actual_tokens);
-    /* EVAL (not EVALSHA): a settle must not be lost to a NOSCRIPT after a Redis restart,
-     * and it is off the admission path. */
-    const char *argv[] = {"EVAL", SETTLE_LUA, "2", k1, k2, a1, a2, a3, REDIS_MONTH_TTL_S};
-    size_t lens[9];
-    for (size_t i = 0; i < 9; i++) {
-        lens[i] = strlen(argv[i]);
-    }
-    redisAsyncCommandArgv(r->ac, on_settle_reply, NULL, 9, argv, lens);
+    struct settle_args *sa = px_calloc(1, sizeof(*sa));
+    key(sa->k1, sizeof(sa->k1), r, tenant, "tpm");
+    month_key(sa->k2, sizeof(sa->k2), r, tenant);
+    snprintf(sa->a1, sizeof(sa->a1), "%lld", (long long)p->tpm);
+    snprintf(sa->a2, sizeof(sa->a2), "%lld", (long long)delta_tokens);
+    snprintf(sa->a3, sizeof(sa->a3), "%lld", (long long)actual_tokens);
+    send_settle(r, sa);
 }
 
 void lim_redis__timed_out(struct lim_redis *r)
