@@ -62,6 +62,7 @@ struct gw_chat {
     struct buf out;                /* translated bytes for the client */
     int up_status;                 /* backend HTTP status */
     uint64_t t0_ms;                /* px_mono_ms() at arrival */
+    uint64_t admit_ns;             /* uv_hrtime() when the limiter was asked */
     int64_t queue_ms;              /* time spent waiting for a slot */
     int64_t ttft_ms;               /* arrival to first byte to the client, -1 if none */
     int started;                   /* the streamed response has started */
@@ -726,6 +727,8 @@ static void chat_on_admit(void *ud, const struct lim_decision *d)
 {
     struct gw_chat *c = ud;
     struct gw_error e;
+    metrics_observe_limits(c->gw->metrics, lim_mode(c->gw->lim),
+                           (uv_hrtime() - c->admit_ns) / 1000);
     c->pending = NULL;
     c->dec = *d;
     c->has_dec = 1;
@@ -794,6 +797,7 @@ static void chat_admit(struct gw_chat *c)
     }
     /* Local decisions call back before lim_admit returns (and may have finished c), so the
      * handle is stored only when the answer is still to come. */
+    c->admit_ns = uv_hrtime();
     struct lim_pending *p =
         lim_admit(c->gw->lim, c->id.tenant_id, &c->plan, need, chat_on_admit, c);
     if (p) {

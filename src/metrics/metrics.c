@@ -32,7 +32,14 @@ static const uint64_t queue_le_ms[] = {10,   50,   100,   250,   500,   1000,
                                        2500, 5000, 10000, 30000, 60000, 300000};
 static const char *const queue_le[] = {"0.01", "0.05", "0.1", "0.25", "0.5", "1",
                                        "2.5",  "5",    "10",  "30",   "60",  "300"};
-#define NBUCKETS 13 /* the largest bucket list above */
+/* Limit checks (admission by the limiter) in microseconds: local checks take well under 10
+ * µs; a Redis round trip on loopback is 0.05-0.3 ms, so the buckets are fine there. */
+static const uint64_t lim_le_us[] = {10,   25,   50,   100,   200,   300,    500,
+                                     1000, 2500, 5000, 10000, 50000, 250000, 1000000};
+static const char *const lim_le[] = {"0.00001", "0.000025", "0.00005", "0.0001", "0.0002",
+                                     "0.0003",  "0.0005",   "0.001",   "0.0025", "0.005",
+                                     "0.01",    "0.05",     "0.25",    "1"};
+#define NBUCKETS 14 /* the largest bucket list above */
 
 _Static_assert(sizeof(lat_le_ms) / sizeof(lat_le_ms[0]) == sizeof(lat_le) / sizeof(lat_le[0]),
                "latency buckets");
@@ -41,11 +48,14 @@ _Static_assert(sizeof(ttft_le_ms) / sizeof(ttft_le_ms[0]) == sizeof(ttft_le) / s
 _Static_assert(sizeof(queue_le_ms) / sizeof(queue_le_ms[0]) ==
                    sizeof(queue_le) / sizeof(queue_le[0]),
                "queue buckets");
+_Static_assert(sizeof(lim_le_us) / sizeof(lim_le_us[0]) == sizeof(lim_le) / sizeof(lim_le[0]),
+               "limits buckets");
 _Static_assert(sizeof(lat_le_ms) / sizeof(lat_le_ms[0]) <= NBUCKETS, "NBUCKETS");
+_Static_assert(sizeof(lim_le_us) / sizeof(lim_le_us[0]) <= NBUCKETS, "NBUCKETS");
 
 struct hist {
     uint64_t count;            /* observations */
-    uint64_t sum_ms;           /* their sum, ms */
+    uint64_t sum;              /* their sum, in the histogram's unit (ms or µs) */
     uint64_t bucket[NBUCKETS]; /* observations <= le[i] and > le[i-1] (not cumulative) */
 };
 
@@ -67,6 +77,7 @@ struct metrics {
     struct hist *latency;           /* by model slot */
     struct hist *ttft;              /* by model slot */
     struct hist *queue;             /* by tier slot */
+    struct hist limits[3];          /* limit checks, µs, by lim_mode(): local, redis, degraded */
     uint64_t requests;              /* all observed */
 };
 
@@ -190,11 +201,11 @@ static struct series *series_get(struct metrics *m, uint32_t t, uint32_t mo, uin
     return s;
 }
 
-static void hist_observe(struct hist *h, const uint64_t *le, size_t nle, int64_t ms)
+static void hist_observe(struct hist *h, const uint64_t *le, size_t nle, int64_t value)
 {
-    uint64_t v = ms > 0 ? (uint64_t)ms : 0;
+    uint64_t v = value > 0 ? (uint64_t)value : 0;
     h->count++;
-    h->sum_ms += v;
+    h->sum += v;
     for (size_t i = 0; i < nle; i++) {
         if (v <= le[i]) {
             h->bucket[i]++;
@@ -228,6 +239,20 @@ void metrics_observe(struct metrics *m, const struct usage_event *ev)
         hist_observe(&m->queue[t], queue_le_ms, sizeof(queue_le_ms) / sizeof(queue_le_ms[0]),
                      ev->queue_ms);
     }
+}
+
+static const char *const lim_modes[] = {"local", "redis", "degraded"};
+
+void metrics_observe_limits(struct metrics *m, const char *mode, uint64_t us)
+{
+    size_t k = 2;
+    for (size_t i = 0; i < 2; i++) {
+        if (strcmp(mode, lim_modes[i]) == 0) {
+            k = i;
+        }
+    }
+    hist_observe(&m->limits[k], lim_le_us, sizeof(lim_le_us) / sizeof(lim_le_us[0]),
+                 us > INT64_MAX ? INT64_MAX : (int64_t)us);
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -299,14 +324,22 @@ static void family(struct out *o, const char *name, const char *type, const char
     putf(o, "\n# TYPE %s %s\n", name, type);
 }
 
-static void seconds(struct out *o, uint64_t ms)
+/* v in ms (per_s 1000) or µs (per_s 1000000), printed as exact decimal seconds. */
+static void seconds(struct out *o, uint64_t v, uint64_t per_s)
 {
-    putf(o, "%llu.%03llu", (unsigned long long)(ms / 1000), (unsigned long long)(ms % 1000));
+    putf(o, per_s == 1000 ? "%llu.%03llu" : "%llu.%06llu", (unsigned long long)(v / per_s),
+         (unsigned long long)(v % per_s));
 }
 
 static const char *tier_name(const struct metrics *m, uint32_t i)
 {
     return i < m->cfg->ntiers ? m->cfg->tiers[i].name : "_other";
+}
+
+static const char *lim_mode_name(const struct metrics *m, uint32_t i)
+{
+    (void)m;
+    return lim_modes[i];
 }
 
 static const char *model_name(const struct metrics *m, uint32_t i)
@@ -375,7 +408,7 @@ static void render_requests(struct out *o, const struct metrics *m)
 static void render_hist(struct out *o, const char *name, const char *help, const char *lname,
                         const char *(*lvalue)(const struct metrics *, uint32_t),
                         const struct hist *h, size_t nh, size_t nconfigured, const char *const *le,
-                        size_t nle, const struct metrics *m)
+                        size_t nle, uint64_t per_s, const struct metrics *m)
 {
     family(o, name, "histogram", help);
     for (size_t i = 0; i < nh; i++) {
@@ -393,7 +426,7 @@ static void render_hist(struct out *o, const char *name, const char *help, const
         putf(o, "%s_sum{", name);
         label(o, 1, lname, lvalue(m, (uint32_t)i));
         put(o, "} ");
-        seconds(o, h[i].sum_ms);
+        seconds(o, h[i].sum, per_s);
         putf(o, "\n%s_count{", name);
         label(o, 1, lname, lvalue(m, (uint32_t)i));
         putf(o, "} %llu\n", (unsigned long long)h[i].count);
@@ -419,7 +452,7 @@ static void render_gauges(struct out *o, const struct metrics_gauges *g)
     family(o, "privax_queue_oldest_wait_seconds", "gauge",
            "How long the oldest waiting request has waited (0 when none waits).");
     put(o, "privax_queue_oldest_wait_seconds ");
-    seconds(o, g->queue_oldest_ms);
+    seconds(o, g->queue_oldest_ms, 1000);
     put(o, "\n");
 
     family(o, "privax_backend_up", "gauge",
@@ -450,7 +483,7 @@ static void render_gauges(struct out *o, const struct metrics_gauges *g)
            "Unix time of the last usage batch committed to the store (absent before the first).");
     if (g->usage_last_commit_ms > 0) {
         put(o, "privax_usage_last_commit_timestamp_seconds ");
-        seconds(o, (uint64_t)g->usage_last_commit_ms);
+        seconds(o, (uint64_t)g->usage_last_commit_ms, 1000);
         put(o, "\n");
     }
     family(o, "privax_usage_spool_bytes", "gauge",
@@ -522,15 +555,20 @@ int metrics_render(const struct metrics *m, const struct metrics_gauges *g, stru
                 "Time from arrival to the end of the response, for requests that reached a "
                 "backend, by model.",
                 "model", model_name, m->latency, m->nmodel, m->cfg->nmodels, lat_le,
-                sizeof(lat_le) / sizeof(lat_le[0]), m);
+                sizeof(lat_le) / sizeof(lat_le[0]), 1000, m);
     render_hist(&o, "privax_time_to_first_token_seconds",
                 "Time from arrival to the first byte of the answer sent to the client, by model.",
                 "model", model_name, m->ttft, m->nmodel, m->cfg->nmodels, ttft_le,
-                sizeof(ttft_le) / sizeof(ttft_le[0]), m);
+                sizeof(ttft_le) / sizeof(ttft_le[0]), 1000, m);
     render_hist(&o, "privax_queue_wait_seconds",
                 "Time spent waiting in privax's queue for a backend slot, by plan tier.", "tier",
                 tier_name, m->queue, m->ntier, m->cfg->ntiers, queue_le,
-                sizeof(queue_le) / sizeof(queue_le[0]), m);
+                sizeof(queue_le) / sizeof(queue_le[0]), 1000, m);
+    render_hist(&o, "privax_limits_check_seconds",
+                "Time from asking the limiter to its decision (a Redis round trip in redis "
+                "mode), by the limits mode at the decision.",
+                "mode", lim_mode_name, m->limits, 3, 2, lim_le, sizeof(lim_le) / sizeof(lim_le[0]),
+                1000000, m);
     render_gauges(&o, g);
     return o.rc;
 }

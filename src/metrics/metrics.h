@@ -66,6 +66,10 @@ void metrics_free(struct metrics *m);
  * wait by tier for requests that reached a backend or waited in the queue. */
 void metrics_observe(struct metrics *m, const struct usage_event *ev);
 
+/* Count one limit check (admission decision) that took us microseconds; mode is lim_mode()
+ * when the decision came ("local", "redis"; anything else is counted as "degraded"). */
+void metrics_observe_limits(struct metrics *m, const char *mode, uint64_t us);
+
 /* Append the whole exposition (text format 0.0.4) to out. 0, or PX_EOVERFLOW when out's cap
  * is too small (out then holds a truncated text: do not serve it). */
 int metrics_render(const struct metrics *m, const struct metrics_gauges *g, struct buf *out);

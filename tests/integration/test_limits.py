@@ -604,6 +604,15 @@ class RedisLimitsTest(LimitsTestCase):
         self.assertIn("privax:{shared}:rpm", keys)
         self.assertIn("privax:{shared}:m:%s" % time.strftime("%Y%m", time.gmtime()), keys)
         self.assertEqual(self.health(g1)["limits"], "redis")
+        # Every admission was a Redis round trip, timed in /metrics.
+        checks = 0
+        for g in (g1, g2):
+            r = g.get("/metrics")
+            self.assertEqual(r.status, 200)
+            for line in r.text.splitlines():
+                if line.startswith('privax_limits_check_seconds_count{mode="redis"} '):
+                    checks += int(line.split()[1])
+        self.assertEqual(checks, 50)
 
     def test_two_nodes_share_tokens_per_minute(self):
         reserved, total = learn_counts()

@@ -162,6 +162,13 @@ class MetricsTest(harness.TestCase):
             self.assertGreaterEqual(v, prev, "buckets must be cumulative")
             prev = v
 
+        # Limit checks: the 5 requests that reached the limiter (the 404 and the 400 were refused
+        # before it), decided locally within the histogram's range.
+        self.assertEqual(sample(m, "privax_limits_check_seconds_count", mode="local"), 5)
+        self.assertEqual(sample(m, "privax_limits_check_seconds_bucket", mode="local", le="1"), 5)
+        self.assertEqual(sample(m, "privax_limits_check_seconds_count", mode="redis"), 0)
+        self.assertIsNone(sample(m, "privax_limits_check_seconds_count", mode="degraded"))
+
         # Gauges.
         self.assertEqual(sample(m, "privax_inflight_requests"), 0)
         self.assertEqual(sample(m, "privax_queue_length"), 0)
