@@ -81,6 +81,9 @@ struct usage_writer {
     uint64_t lost_at_stop;         /* events not spooled by the stop deadline */
     char last_error[256];          /* last failure text */
     uv_async_t *async;             /* wakes the bound loop for acks; NULL when unbound */
+    uv_prepare_t *prep;            /* loop thread only: hands lhead over before the loop sleeps */
+    struct usage_event *lhead;     /* loop thread only: rows pushed in this loop iteration */
+    struct usage_event *ltail;     /* loop thread only: last of them, NULL when none */
     struct usage_ack *acks;        /* acks due on the loop, any order */
     atomic_uint_fast64_t backlog;  /* pushed and not yet confirmed (or dropped/rejected) */
     atomic_int_fast64_t last_ship; /* wall ms of the last confirmed batch */
@@ -109,6 +112,8 @@ static void set_error(struct usage_writer *w, const char *what, const char *msg)
 }
 
 /* ---- acknowledgements ---- */
+
+static void push_chain(struct usage_writer *w, struct usage_event *ev);
 
 /* Hand ack to the loop (lock held). Without a loop binding it is simply dropped. */
 static void ack_due(struct usage_writer *w, struct usage_ack *ack)
@@ -150,19 +155,31 @@ int usage_writer_bind_loop(struct usage_writer *w, uv_loop_t *loop)
         return rc;
     }
     h->data = w;
+    uv_prepare_t *p = px_calloc(1, sizeof(*p));
+    uv_prepare_init(loop, p); /* cannot fail */
+    p->data = w;
+    w->prep = p;
     pthread_mutex_lock(&w->mu);
     w->async = h;
     pthread_mutex_unlock(&w->mu);
     return 0;
 }
 
-static void on_async_closed(uv_handle_t *h)
+static void on_handle_closed(uv_handle_t *h)
 {
     free(h);
 }
 
 void usage_writer_unbind_loop(struct usage_writer *w)
 {
+    if (w->prep != NULL) {
+        /* Rows of the last iteration still go to the spool; only their acks are dropped. */
+        struct usage_event *chain = w->lhead;
+        w->lhead = w->ltail = NULL;
+        push_chain(w, chain);
+        uv_close((uv_handle_t *)w->prep, on_handle_closed);
+        w->prep = NULL;
+    }
     pthread_mutex_lock(&w->mu);
     uv_async_t *h = w->async;
     w->async = NULL;
@@ -175,7 +192,7 @@ void usage_writer_unbind_loop(struct usage_writer *w)
         a = next;
     }
     if (h) {
-        uv_close((uv_handle_t *)h, on_async_closed);
+        uv_close((uv_handle_t *)h, on_handle_closed);
     }
 }
 
@@ -189,39 +206,70 @@ int usage_writer_bound(struct usage_writer *w)
 
 /* ---- producers ---- */
 
-void usage_writer_push(struct usage_writer *w, struct usage_event *ev)
+/* Queue a chain of events (linked by next) under one lock, waking the spool thread once. */
+static void push_chain(struct usage_writer *w, struct usage_event *ev)
 {
-    ev->next = NULL;
+    struct usage_event *dropped = NULL, **dtail = &dropped;
     pthread_mutex_lock(&w->mu);
-    if (w->nqueued >= w->memory_max_rows) {
-        /* Only reachable while the spool cannot take rows (full or failing) for long. */
-        w->dropped++;
-        pthread_mutex_unlock(&w->mu);
+    int was_empty = w->tail == NULL;
+    while (ev != NULL) {
+        struct usage_event *next = ev->next;
+        ev->next = NULL;
+        if (w->nqueued >= w->memory_max_rows) {
+            /* Only reachable while the spool cannot take rows (full or failing) for long. */
+            w->dropped++;
+            ack_due(w, ev->ack);
+            ev->ack = NULL;
+            *dtail = ev;
+            dtail = &ev->next;
+        } else {
+            if (ev->ack && (w->full || w->spool_failing)) {
+                /* The spool is not taking rows: do not hold the answer hostage to the disk. */
+                ack_due(w, ev->ack);
+                ev->ack = NULL;
+            }
+            atomic_fetch_add(&w->backlog, 1);
+            if (w->tail == NULL) {
+                w->head = ev;
+            } else {
+                w->tail->next = ev;
+            }
+            w->tail = ev;
+            w->nqueued++;
+        }
+        ev = next;
+    }
+    if (was_empty && w->tail != NULL) {
+        pthread_cond_signal(&w->spool_cv);
+    }
+    pthread_mutex_unlock(&w->mu);
+    while (dropped != NULL) {
+        struct usage_event *next = dropped->next;
         px_log(PX_LOG_ERROR,
                "msg=\"usage row dropped: spool full and memory queue at its cap\" "
                "request_id=%s tenant=%s total_tokens=%" PRId64,
-               ev->request_id, ev->tenant_id, ev->total_tokens);
-        pthread_mutex_lock(&w->mu);
-        ack_due(w, ev->ack);
-        pthread_mutex_unlock(&w->mu);
-        free(ev);
-        return;
+               dropped->request_id, dropped->tenant_id, dropped->total_tokens);
+        free(dropped);
+        dropped = next;
     }
-    if (ev->ack && (w->full || w->spool_failing)) {
-        /* The spool is not taking rows: do not hold the answer hostage to the disk. */
-        ack_due(w, ev->ack);
-        ev->ack = NULL;
-    }
-    atomic_fetch_add(&w->backlog, 1);
-    if (w->tail == NULL) {
-        w->head = ev;
-        pthread_cond_signal(&w->spool_cv);
-    } else {
-        w->tail->next = ev;
-    }
-    w->tail = ev;
-    w->nqueued++;
-    pthread_mutex_unlock(&w->mu);
+}
+
+void usage_writer_push(struct usage_writer *w, struct usage_event *ev)
+{
+    ev->next = NULL;
+    push_chain(w, ev);
+}
+
+/* Loop thread: the rows this loop iteration produced, handed over in one go just before the
+ * loop sleeps. Waking the spool thread per row cost a context switch or two per request on a
+ * busy core (it preempted the loop mid-iteration); per iteration it is one wake for all. */
+static void on_prepare(uv_prepare_t *h)
+{
+    struct usage_writer *w = h->data;
+    struct usage_event *chain = w->lhead;
+    w->lhead = w->ltail = NULL;
+    uv_prepare_stop(h);
+    push_chain(w, chain);
 }
 
 void usage_writer_push_ack(struct usage_writer *w, struct usage_event *ev, usage_ack_fn cb,
@@ -232,7 +280,18 @@ void usage_writer_push_ack(struct usage_writer *w, struct usage_event *ev, usage
     a->ud = ud;
     a->next = NULL;
     ev->ack = a;
-    usage_writer_push(w, ev);
+    ev->next = NULL;
+    if (w->prep == NULL) {
+        push_chain(w, ev);
+        return;
+    }
+    if (w->ltail == NULL) {
+        w->lhead = ev;
+        uv_prepare_start(w->prep, on_prepare);
+    } else {
+        w->ltail->next = ev;
+    }
+    w->ltail = ev;
 }
 
 /* ---- spool thread ---- */
@@ -371,13 +430,19 @@ static void *spool_main(void *arg)
             backoff = WRITER_BACKOFF_MIN_MS;
         }
         if (done > 0) {
+            int idle = w->written_seq <= w->shipped_seq;
             if (w->written_seq == w->shipped_seq) {
                 w->pending_since_ms = now;
             }
             struct usage_spool_stats st;
             usage_spool_stats(w->spool, &st);
             w->written_seq = st.last_seq;
-            pthread_cond_signal(&w->ship_cv);
+            /* The shipper only needs waking when it sleeps without a deadline (nothing was
+             * pending) or a full batch is ready; otherwise its own timer (flush_ms) is due
+             * anyway, and a wake per write would only cost context switches. */
+            if (idle || w->written_seq - w->shipped_seq >= w->batch_max) {
+                pthread_cond_signal(&w->ship_cv);
+            }
         }
     }
     /* Stop: whatever could not be spooled by the deadline is lost; name each row. */

@@ -80,7 +80,9 @@ void usage_writer_unbind_loop(struct usage_writer *w);
 int usage_writer_bound(struct usage_writer *w);
 
 /* As usage_writer_push, then cb(ud) runs exactly once on the bound loop when the row is in
- * the spool file (or at once when the spool cannot take rows or the row was dropped). */
+ * the spool file (or at once when the spool cannot take rows or the row was dropped). Loop
+ * thread when bound: the rows of one loop iteration are handed to the spool thread together,
+ * just before the loop sleeps. */
 void usage_writer_push_ack(struct usage_writer *w, struct usage_event *ev, usage_ack_fn cb,
                            void *ud);
 
