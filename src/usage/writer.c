@@ -215,8 +215,10 @@ static void push_chain(struct usage_writer *w, struct usage_event *ev)
     while (ev != NULL) {
         struct usage_event *next = ev->next;
         ev->next = NULL;
-        if (w->nqueued >= w->memory_max_rows) {
-            /* Only reachable while the spool cannot take rows (full or failing) for long. */
+        if (w->nqueued >= w->memory_max_rows && (w->full || w->spool_failing)) {
+            /* The spool cannot take rows (full or failing) and memory is at its cap. A spool
+             * that is only slow never drops: privax's own rows each hold their request until
+             * they are written, so the queue is bounded by the requests in flight. */
             w->dropped++;
             ack_due(w, ev->ack);
             ev->ack = NULL;
