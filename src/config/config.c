@@ -1212,7 +1212,7 @@ static const struct cfg_opt timeout_opts[] = {
 
 static const struct cfg_opt usage_opts[] = {
     OPT_NUM("flush_ms", CFG_U64, CF(usage_flush_ms), 0, 100, 1, 60000),
-    OPT_NUM("batch_max", CFG_SIZE, CF(usage_batch_max), 0, 1000, 1, 100000),
+    OPT_NUM("batch_max", CFG_SIZE, CF(usage_batch_max), 0, 10000, 1, 100000),
     OPT_NUM("spool_fsync_ms", CFG_U64, CF(spool_fsync_ms), 0, 100, 1, 10000),
     OPT_NUM("spool_max_bytes", CFG_U64, CF(spool_max_bytes), 0, 1073741824, 65536, 1099511627776),
     OPT_NUM("memory_max_rows", CFG_SIZE, CF(usage_memory_max_rows), 0, 100000, 0, 10000000),

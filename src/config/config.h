@@ -130,7 +130,7 @@ struct px_config {
     int max_tries;               /* routing.max_tries: backends tried per request, >= 1 */
     /* usage: */
     uint64_t usage_flush_ms;      /* writer batch interval, default 100 */
-    size_t usage_batch_max;       /* rows per transaction, default 1000 */
+    size_t usage_batch_max;       /* rows per store insert, default 10000 */
     uint64_t spool_fsync_ms;      /* usage.spool_fsync_ms: group commit interval, default 100 */
     uint64_t spool_max_bytes;     /* usage.spool_max_bytes: spool size cap, default 1 GiB */
     size_t usage_memory_max_rows; /* usage.memory_max_rows: rows held in memory while the

@@ -188,7 +188,7 @@ static void test_minimal_defaults(void **state)
     assert_int_equal(cfg->idle_timeout_ms, 60000);
     assert_int_equal(cfg->shutdown_timeout_ms, 30000);
     assert_int_equal(cfg->usage_flush_ms, 100);
-    assert_int_equal(cfg->usage_batch_max, 1000);
+    assert_int_equal(cfg->usage_batch_max, 10000);
     assert_int_equal(px_config_model(cfg, "qwen2.5-coder:7bX", 16), 0); /* by length */
     assert_int_equal(px_config_model(cfg, "qwen2.5-coder:7", 15), -1);
     assert_int_equal(px_config_tenant(cfg, "x", 1), -1);
