@@ -3,9 +3,13 @@
  *   limits_bench CONFIG local N   N admissions (lim_admit) each followed by its settle
  *                                 (lim_settle), one after another on one thread, as the
  *                                 request path does them: in-process GCRA, no I/O
- *   limits_bench CONFIG redis N   the same against the Redis in limits.redis: each admission
+ *   limits_bench CONFIG redis N [GAP_US]
+ *                                 the same against the Redis in limits.redis: each admission
  *                                 is one EVALSHA and the loop runs until its answer; the
- *                                 settle is sent without waiting (as privax does)
+ *                                 settle is sent without waiting (as privax does). GAP_US:
+ *                                 sleep that long between checks (10000 = 100 checks/s, so
+ *                                 every admission finds Redis and this process idle, as
+ *                                 privax at 100 req/s does); 0 = back to back
  *
  * The tenant is the config's first pinned tenant (its tier and overrides), else "bench" on
  * the default tier; its limits must be out of reach (bench/run's config: rpm 1e9), so every
@@ -107,7 +111,7 @@ static int run_local(struct limiter *l, const char *tenant, const struct lim_pla
 }
 
 static int run_redis(uv_loop_t *loop, struct limiter *l, const char *tenant,
-                     const struct lim_plan *p, long n, struct admit_state *s)
+                     const struct lim_plan *p, long n, long gap_us, struct admit_state *s)
 {
     /* Connected (hiredis async on the loop) before anything is timed. */
     int64_t deadline = now_ns() + 5000000000LL;
@@ -137,13 +141,19 @@ static int run_redis(uv_loop_t *loop, struct limiter *l, const char *tenant,
         if (i >= 0) {
             lat[done++] = b - a;
         }
+        if (gap_us > 0) {
+            uv_run(loop, UV_RUN_NOWAIT); /* the settle goes out now, as in privax */
+            struct timespec ts = {gap_us / 1000000, (gap_us % 1000000) * 1000};
+            nanosleep(&ts, NULL);
+        }
     }
     int64_t total = now_ns() - t0;
     const char *mode = lim_mode(l); /* "degraded" if an answer was late (a local decision) */
     qsort(lat, (size_t)done, sizeof(*lat), cmp_i64);
-    printf("{\"mode\":\"redis\",\"checks\":%ld,\"p50_us\":%.1f,\"p90_us\":%.1f,\"p99_us\":%.1f,"
-           "\"max_us\":%.1f,\"us_per_check_mean\":%.1f,\"refused\":%ld,\"limiter_mode\":\"%s\"}\n",
-           done, (double)pct(lat, done, 50) / 1e3, (double)pct(lat, done, 90) / 1e3,
+    printf("{\"mode\":\"redis\",\"checks\":%ld,\"gap_us\":%ld,\"p50_us\":%.1f,\"p90_us\":%.1f,"
+           "\"p99_us\":%.1f,\"max_us\":%.1f,\"us_per_check_mean\":%.1f,\"refused\":%ld,"
+           "\"limiter_mode\":\"%s\"}\n",
+           done, gap_us, (double)pct(lat, done, 50) / 1e3, (double)pct(lat, done, 90) / 1e3,
            (double)pct(lat, done, 99) / 1e3, (double)lat[done - 1] / 1e3,
            (double)total / 1e3 / (double)(done + warm), s->refused, mode);
     free(lat);
@@ -152,11 +162,12 @@ static int run_redis(uv_loop_t *loop, struct limiter *l, const char *tenant,
 
 int main(int argc, char **argv)
 {
-    if (argc != 4 || (strcmp(argv[2], "local") != 0 && strcmp(argv[2], "redis") != 0)) {
-        fprintf(stderr, "usage: limits_bench CONFIG local|redis N\n");
+    if (argc < 4 || argc > 5 || (strcmp(argv[2], "local") != 0 && strcmp(argv[2], "redis") != 0)) {
+        fprintf(stderr, "usage: limits_bench CONFIG local N | redis N [GAP_US]\n");
         return 2;
     }
     long n = atol(argv[3]);
+    long gap_us = argc == 5 ? atol(argv[4]) : 0;
     if (n < 10) {
         fprintf(stderr, "limits_bench: N must be at least 10\n");
         return 2;
@@ -193,7 +204,8 @@ int main(int argc, char **argv)
     struct lim_plan plan;
     lim_plan_for(cfg, tenant, tier, &plan);
     struct admit_state s = {0};
-    int rc = redis ? run_redis(&loop, l, tenant, &plan, n, &s) : run_local(l, tenant, &plan, n, &s);
+    int rc = redis ? run_redis(&loop, l, tenant, &plan, n, gap_us, &s)
+                   : run_local(l, tenant, &plan, n, &s);
     if (s.refused) {
         fprintf(stderr, "limits_bench: %ld checks were refused: the tenant's limits are in reach\n",
                 s.refused);
