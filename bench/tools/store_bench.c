@@ -12,7 +12,8 @@
  * rows (request ids carry a per-run tag) equals the rows pushed: "shipped" is what the server
  * says it holds, not what the writer believes; `confirmed` and `distinct` (uniqExact of the
  * request ids: nothing doubled) are printed too. Rows look like real ones (every column set,
- * unique request ids). Prints one JSON line. bench/run defines PX_WRITER_OPTS when
+ * unique request ids). Prints one JSON line. bench/run defines PX_STORE_CH when the config has
+ * the ClickHouse store (and usage.memory_max_rows), and PX_WRITER_OPTS when
  * usage/writer.h has the options struct (the writer with a local spool). Built by bench/run against
  * build-bench's static libraries; not part of the product. */
 #include <stdio.h>
@@ -67,6 +68,7 @@ static struct usage_event *make_row(long i, const char *tag)
     return e;
 }
 
+#ifdef PX_STORE_CH
 /* ClickHouse only: the server's count() and uniqExact(request_id) of the rows whose request id
  * starts with prefix. 0, or -1 when the query failed. One statement per request (18.16). */
 struct resp {
@@ -115,6 +117,17 @@ static int ch_count(const struct px_config *cfg, const char *prefix, long *count
         return -1;
     }
     return 0;
+}
+#endif
+
+static const char *store_name(const struct px_config *cfg)
+{
+#ifdef PX_STORE_CH
+    return cfg->ch_url ? "clickhouse" : "sqlite";
+#else
+    (void)cfg;
+    return "sqlite";
+#endif
 }
 
 int main(int argc, char **argv)
@@ -191,7 +204,7 @@ int main(int argc, char **argv)
                 usleep(200);
                 continue;
             }
-#ifdef PX_WRITER_OPTS
+#ifdef PX_STORE_CH
             /* One thread pushing in a loop (~2 µs a row) outruns the spool thread's appends,
              * which no gateway does (a row per answered request); past usage.memory_max_rows
              * queued the writer drops rows. Wait for the spool to catch up instead: the
@@ -214,6 +227,7 @@ int main(int argc, char **argv)
     double tstop = t1;
     long confirmed = -1;
     long distinct = -1;
+#ifdef PX_STORE_CH
     if (cfg->ch_url && rc == 0) {
         /* Until the server counts every row of this run (an INSERT answers once its block is
          * written, so this is normally the first query; a bounded wait otherwise). */
@@ -233,13 +247,14 @@ int main(int argc, char **argv)
         t1 = mono_s();
         rc = rc || confirmed != rows || distinct != rows;
     }
+#endif
     double secs = t1 - t0;
     printf("{\"mode\":\"%s\",\"store\":\"%s\",\"rows\":%ld,\"seconds\":%.4f,\"rows_per_s\":%.0f,"
            "\"writer_done_s\":%.4f,\"confirmed\":%ld,\"distinct\":%ld,\"batch_max\":%zu,"
            "\"flush_ms\":%llu,\"ok\":%s}\n",
-           mode, cfg->ch_url ? "clickhouse" : "sqlite", rows, secs,
-           secs > 0 ? (double)rows / secs : 0.0, tstop - t0, confirmed, distinct, batch,
-           (unsigned long long)cfg->usage_flush_ms, rc ? "false" : "true");
+           mode, store_name(cfg), rows, secs, secs > 0 ? (double)rows / secs : 0.0, tstop - t0,
+           confirmed, distinct, batch, (unsigned long long)cfg->usage_flush_ms,
+           rc ? "false" : "true");
     store_close(st);
     px_config_free(cfg);
     return rc;
