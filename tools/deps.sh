@@ -7,7 +7,7 @@ set -euo pipefail
 PKGS=(
   # build
   cmake ninja-build pkg-config clang libclang-rt-14-dev
-  libuv1-dev libcurl4-openssl-dev libjansson-dev libhttp-parser-dev libcyaml-dev libfyaml-dev
+  libuv1-dev libcurl4-openssl-dev libjansson-dev libyajl-dev libhttp-parser-dev libcyaml-dev libfyaml-dev
   libsqlite3-dev libssl-dev libhiredis-dev libcmocka-dev
   # test and run (python3: tests/run and the integration suite, standard library only)
   python3 sqlite3 valgrind curl netcat-openbsd nodejs npm
