@@ -377,7 +377,9 @@ static void chat_dispatch(struct gw_chat *c, long b)
     char url[1024];
     snprintf(url, sizeof(url), "%s%s", be->cfg->url, be->ops->chat_path);
     struct gw_error e;
-    if (be->ops->build_request(c->body.root, m->upstream_model, c->body.stream, &body, &len) != 0) {
+    const char *raw = c->req ? c->req->body : NULL; /* forwarded as is when it can be */
+    if (be->ops->build_request(c->body.root, raw, c->req ? c->req->body_len : 0, m->upstream_model,
+                               c->body.stream, &body, &len) != 0) {
         gw_error_set(&e, 500, "server_error", "internal_error", "could not encode the request");
         chat_reject(c, &e);
         return;

@@ -81,38 +81,37 @@ void relay_error_event(struct buf *out, const char *type, const char *code, cons
     provider__sse_json(out, ev);
 }
 
-static int count_ok(const json_t *v, int64_t *out)
+static int count_ok(int64_t n)
 {
-    if (!json_is_integer(v)) {
-        return 0;
-    }
-    json_int_t n = json_integer_value(v);
-    if (n < 0 || n > PROVIDER_COUNT_MAX) {
-        return 0;
-    }
-    *out = (int64_t)n;
-    return 1;
+    return n >= 0 && n <= PROVIDER_COUNT_MAX;
 }
 
-int provider_usage_from_openai(const json_t *usage, struct px_usage *out)
+int provider__usage_from_counts(int64_t prompt, int64_t completion, int has_total, int64_t total,
+                                struct px_usage *out)
 {
-    struct px_usage u = {0};
-    if (!json_is_object(usage) ||
-        !count_ok(json_object_get(usage, "prompt_tokens"), &u.prompt_tokens) ||
-        !count_ok(json_object_get(usage, "completion_tokens"), &u.completion_tokens)) {
+    if (!count_ok(prompt) || !count_ok(completion) || (has_total && !count_ok(total))) {
         return PX_EPARSE;
     }
-    const json_t *total = json_object_get(usage, "total_tokens");
-    if (total && !count_ok(total, &u.total_tokens)) {
-        return PX_EPARSE;
-    }
+    struct px_usage u = {prompt, completion, has_total ? total : 0, 1};
     /* Bill what was consumed: never trust a total smaller than its parts. */
     if (u.total_tokens < u.prompt_tokens + u.completion_tokens) {
         u.total_tokens = u.prompt_tokens + u.completion_tokens;
     }
-    u.present = 1;
     *out = u;
     return 0;
+}
+
+int provider_usage_from_openai(const json_t *usage, struct px_usage *out)
+{
+    const json_t *p = json_object_get(usage, "prompt_tokens");
+    const json_t *c = json_object_get(usage, "completion_tokens");
+    const json_t *t = json_object_get(usage, "total_tokens");
+    if (!json_is_object(usage) || !json_is_integer(p) || !json_is_integer(c) ||
+        (t && !json_is_integer(t))) {
+        return PX_EPARSE;
+    }
+    return provider__usage_from_counts(json_integer_value(p), json_integer_value(c), t != NULL,
+                                       t ? json_integer_value(t) : 0, out);
 }
 
 void provider__copy_utf8(char *dst, size_t cap, const char *s, size_t n)

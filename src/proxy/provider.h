@@ -52,10 +52,12 @@ struct provider_ops {
     const char *name;          /* protocol name as in config */
     const char *chat_path;     /* appended to the backend URL */
     enum sse_mode stream_mode; /* framing of the backend's streamed answers */
-    /* Build the backend request body from the client's request object (borrowed). *body is
-     * malloc'd. 0 or PX_EPARSE. */
-    int (*build_request)(json_t *req, const char *upstream_model, int stream, char **body,
-                         size_t *len);
+    /* Build the backend request body from the client's request object (borrowed). raw
+     * (raw_len bytes, borrowed, may be NULL) is the body req was parsed from, unchanged: an
+     * adapter may send it as it came when the result would mean the same. *body is malloc'd.
+     * 0 or PX_EPARSE. */
+    int (*build_request)(json_t *req, const char *raw, size_t raw_len, const char *upstream_model,
+                         int stream, char **body, size_t *len);
     /* Translate one stream event; append the OpenAI SSE bytes to relay to out. */
     enum relay_result (*stream_event)(struct relay *r, const char *data, size_t len,
                                       struct buf *out);
@@ -102,6 +104,10 @@ void provider__copy_utf8(char *dst, size_t cap, const char *s, size_t n);
 /* Internal to the adapters: the message of a parsed error body (any of the three shapes), or
  * NULL. Borrowed from j. */
 const char *provider__error_text(json_t *j);
+/* Internal to the adapters: fill *out from counts already read as integers (has_total: a
+ * total_tokens was given), with the checks of provider_usage_from_openai. 0 or PX_EPARSE. */
+int provider__usage_from_counts(int64_t prompt, int64_t completion, int has_total, int64_t total,
+                                struct px_usage *out);
 /* Internal to the adapters: the estimated usage when the backend gave none. */
 void provider__estimate(struct relay *r, int64_t prompt_estimate, int64_t completion_estimate);
 

@@ -52,9 +52,11 @@ static json_t *flatten_content(json_t *content)
     return s;
 }
 
-static int ollama_build_request(json_t *req, const char *upstream_model, int stream, char **body,
-                                size_t *len)
+static int ollama_build_request(json_t *req, const char *raw, size_t raw_len,
+                                const char *upstream_model, int stream, char **body, size_t *len)
 {
+    (void)raw; /* Ollama's request is always built anew */
+    (void)raw_len;
     json_t *msgs = json_array();
     size_t i;
     const json_t *m;

@@ -5,7 +5,8 @@
  * Invariants:
  *  - accepted: root is a JSON object, the model index is below nmodels, max_tokens is 0 or
  *    within 1..the model's cap, stream is 0 or 1, input_chars >= 0 and prompt_estimate at least
- *    the per-message framing; both adapters build a request that is a JSON object;
+ *    the per-message framing; both adapters build a request that is a JSON object, the same
+ *    whether they are given the client's bytes (which may be forwarded as is) or not;
  *  - refused: root is NULL, status 400 or 404, type and code set, the message non-empty, and
  *    valid UTF-8 (it is sent inside JSON);
  *  - nothing leaks (cleanup on every path; LeakSanitizer checks). */
@@ -32,19 +33,34 @@ static const struct px_config cfg = {
     .nmodels = sizeof(models) / sizeof(models[0]),
 };
 
-static void build(const struct provider_ops *ops, json_t *root, const char *model, int stream)
+static json_t *built(const struct provider_ops *ops, json_t *root, const char *raw, size_t raw_len,
+                     const char *model, int stream)
 {
     char *body = NULL;
     size_t len = 0;
-    if (ops->build_request(root, model, stream, &body, &len) != 0) {
+    if (ops->build_request(root, raw, raw_len, model, stream, &body, &len) != 0) {
         abort(); /* a validated request always translates */
     }
     json_t *j = json_loadb(body, len, 0, NULL);
     if (!json_is_object(j) || len != strlen(body)) {
         abort();
     }
-    json_decref(j);
     free(body);
+    return j;
+}
+
+/* As the gateway calls it (with the client's bytes, which may go as they came) and without
+ * them (always encoded anew): the backend must be told the same either way. */
+static void build(const struct provider_ops *ops, json_t *root, const char *raw, size_t raw_len,
+                  const char *model, int stream)
+{
+    json_t *a = built(ops, root, raw, raw_len, model, stream);
+    json_t *b = built(ops, root, NULL, 0, model, stream);
+    if (!json_equal(a, b)) {
+        abort();
+    }
+    json_decref(a);
+    json_decref(b);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *d, size_t n)
@@ -63,8 +79,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *d, size_t n)
             abort();
         }
         const char *up = models[r.model].upstream_model;
-        build(&provider_openai, r.root, up, r.stream);
-        build(&provider_ollama, r.root, up, r.stream);
+        build(&provider_openai, r.root, (const char *)d, n, up, r.stream);
+        build(&provider_ollama, r.root, (const char *)d, n, up, r.stream);
         gw_chat_req_cleanup(&r);
         if (r.root) {
             abort();

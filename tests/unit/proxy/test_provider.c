@@ -1259,7 +1259,7 @@ static json_t *built(const struct provider_ops *ops, json_t *req, const char *mo
 {
     char *body = NULL;
     size_t len = 0;
-    assert_int_equal(ops->build_request(req, model, stream, &body, &len), 0);
+    assert_int_equal(ops->build_request(req, NULL, 0, model, stream, &body, &len), 0);
     assert_non_null(body);
     assert_int_equal(len, strlen(body));
     json_t *j = load(body);
@@ -1317,6 +1317,60 @@ static void test_openai_build_nonstream(void **state)
     assert_null(json_object_get(got, "stream_options"));
     json_decref(got);
     json_decref(want);
+    json_decref(req);
+}
+
+/* What build_request sends when given the client's bytes: 1 when they went as they came. */
+static int sent_as_is(const struct provider_ops *ops, const char *raw, const char *model,
+                      int stream)
+{
+    json_t *req = load(raw);
+    char *body = NULL;
+    size_t len = 0;
+    assert_int_equal(ops->build_request(req, raw, strlen(raw), model, stream, &body, &len), 0);
+    int same = len == strlen(raw) && memcmp(body, raw, len) == 0;
+    /* Either way, the backend hears what it would from a body built anew. */
+    json_t *got = load(body);
+    json_t *want = built(ops, req, model, stream);
+    assert_true(json_equal(got, want));
+    json_decref(got);
+    json_decref(want);
+    json_decref(req);
+    free(body);
+    return same;
+}
+
+static void test_openai_build_as_is(void **state)
+{
+    (void)state;
+    /* Odd spacing, escapes and a real that jansson would print as 0.69999999999999996. */
+    const char *plain = "{ \"model\": \"m\", \"messages\": [{\"role\":\"user\",\"content\":"
+                        "\"h\\u00e9\"}], \"temperature\": 0.7 }";
+    assert_true(sent_as_is(&provider_openai, plain, "m", 0));
+    assert_false(sent_as_is(&provider_openai, plain, "m-upstream", 0)); /* renamed */
+    assert_false(sent_as_is(&provider_openai, plain, "", 0));
+    /* A stream goes as is only when it already asks for usage. */
+    const char *asks = "{\"model\":\"m\",\"stream\":true,\"stream_options\":{"
+                       "\"include_usage\":true},\"messages\":[]}";
+    assert_true(sent_as_is(&provider_openai, asks, "m", 1));
+    assert_false(sent_as_is(&provider_openai, asks, "mm", 1));
+    static const char *const rebuilt[] = {
+        "{\"model\":\"m\",\"stream\":true,\"messages\":[]}",
+        "{\"model\":\"m\",\"stream\":true,\"stream_options\":null,\"messages\":[]}",
+        "{\"model\":\"m\",\"stream\":true,\"stream_options\":{\"include_usage\":false}}",
+        "{\"model\":\"m\",\"stream\":true,\"stream_options\":{\"include_usage\":1}}",
+    };
+    for (size_t i = 0; i < sizeof(rebuilt) / sizeof(rebuilt[0]); i++) {
+        assert_false(sent_as_is(&provider_openai, rebuilt[i], "m", 1));
+    }
+    /* Without the client's bytes, or for Ollama: always built. */
+    assert_false(sent_as_is(&provider_ollama, plain, "m", 0));
+    json_t *req = load(plain);
+    char *body = NULL;
+    size_t len = 0;
+    assert_int_equal(provider_openai.build_request(req, NULL, 0, "m", 0, &body, &len), 0);
+    assert_true(len != strlen(plain) || memcmp(body, plain, len) != 0);
+    free(body);
     json_decref(req);
 }
 
@@ -1436,6 +1490,7 @@ int main(void)
         cmocka_unit_test(test_ollama_complete_malformed),
         cmocka_unit_test(test_openai_build_stream),
         cmocka_unit_test(test_openai_build_nonstream),
+        cmocka_unit_test(test_openai_build_as_is),
         cmocka_unit_test(test_ollama_build),
         cmocka_unit_test(test_ollama_build_variants),
     };
