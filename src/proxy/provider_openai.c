@@ -20,12 +20,15 @@
 
 /* 1 when the client's body already says what the backend must hear: the model keeps its name
  * and a stream already asks for usage (the client's body was parsed with duplicate keys
- * refused, so the tree is all it says). */
-static int openai_body_as_is(json_t *req, const char *raw, const char *upstream_model, int stream)
+ * refused, so the tree is all it says). Except for a NUL byte: jansson skips one that follows
+ * a literal or a number ({"a":null<NUL>}), a backend would not (found by fuzz_chat_req). */
+static int openai_body_as_is(json_t *req, const char *raw, size_t raw_len,
+                             const char *upstream_model, int stream)
 {
     json_t *model = json_object_get(req, "model");
     size_t n = strlen(upstream_model);
-    if (!raw || !json_is_string(model) || json_string_length(model) != n ||
+    if (!raw || memchr(raw, '\0', raw_len) || !json_is_string(model) ||
+        json_string_length(model) != n ||
         memcmp(json_string_value(model), upstream_model, n) != 0) {
         return 0;
     }
@@ -36,7 +39,7 @@ static int openai_body_as_is(json_t *req, const char *raw, const char *upstream_
 static int openai_build_request(json_t *req, const char *raw, size_t raw_len,
                                 const char *upstream_model, int stream, char **body, size_t *len)
 {
-    if (openai_body_as_is(req, raw, upstream_model, stream)) {
+    if (openai_body_as_is(req, raw, raw_len, upstream_model, stream)) {
         *body = px_malloc(raw_len + 1);
         memcpy(*body, raw, raw_len);
         (*body)[raw_len] = '\0';

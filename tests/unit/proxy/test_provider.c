@@ -1363,6 +1363,18 @@ static void test_openai_build_as_is(void **state)
     for (size_t i = 0; i < sizeof(rebuilt) / sizeof(rebuilt[0]); i++) {
         assert_false(sent_as_is(&provider_openai, rebuilt[i], "m", 1));
     }
+    /* jansson skips a NUL byte after a literal; the backend must not get it. */
+    static const char nul[] = "{\"model\":\"m\",\"messages\":[],\"user\":null\0}";
+    json_t *tree = json_loadb(nul, sizeof(nul) - 1, JSON_REJECT_DUPLICATES, NULL);
+    assert_non_null(tree);
+    char *sent = NULL;
+    size_t sent_len = 0;
+    assert_int_equal(
+        provider_openai.build_request(tree, nul, sizeof(nul) - 1, "m", 0, &sent, &sent_len), 0);
+    assert_int_equal(sent_len, strlen(sent));
+    assert_null(memchr(sent, '\0', sent_len));
+    free(sent);
+    json_decref(tree);
     /* Without the client's bytes, or for Ollama: always built. */
     assert_false(sent_as_is(&provider_ollama, plain, "m", 0));
     json_t *req = load(plain);
