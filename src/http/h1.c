@@ -15,10 +15,12 @@
  * which RFC 9110 allows). CONNECT is refused with 400: we are not a forward proxy. */
 #include "http/h1.h"
 
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
 #include "core/err.h"
+#include "core/mem.h"
 
 /* Request line punctuation: " " + " HTTP/1.1\r\n" around method and URL. */
 #define H1_LINE_OVERHEAD 12
@@ -56,10 +58,22 @@ void h1_init(struct h1_parser *p, size_t header_max_bytes, size_t body_max_bytes
     p->hp.data = p;
 }
 
+/* The header arrays are sized to the requests actually seen rather than to H1_MAX_HEADERS:
+ * a connection lives as long as its stream, and 100 slots would be ~4.7 KiB per stream. */
+static void headers_free(struct h1_parser *p)
+{
+    free(p->offs);
+    free(p->headers);
+    p->offs = NULL;
+    p->headers = NULL;
+    p->hcap = 0;
+}
+
 void h1_cleanup(struct h1_parser *p)
 {
     buf_cleanup(&p->head);
     buf_cleanup(&p->body);
+    headers_free(p);
 }
 
 void h1_reset(struct h1_parser *p)
@@ -69,6 +83,9 @@ void h1_reset(struct h1_parser *p)
         buf_cleanup(&p->body);
     } else {
         buf_reset(&p->body);
+    }
+    if (p->hcap > H1_HEADERS_KEEP) {
+        headers_free(p);
     }
     p->head_bytes = 0;
     p->url_len = 0;
@@ -136,6 +153,12 @@ static int on_header_field(http_parser *hp, const char *at, size_t len)
         }
         if (head_count(p, H1_HEADER_OVERHEAD) != 0) {
             return -1;
+        }
+        if (p->nheaders == p->hcap) {
+            size_t cap = p->hcap ? p->hcap * 2 : H1_HEADERS_KEEP;
+            p->hcap = cap < H1_MAX_HEADERS ? cap : H1_MAX_HEADERS;
+            p->offs = px_realloc(p->offs, p->hcap * sizeof(*p->offs));
+            p->headers = px_realloc(p->headers, p->hcap * sizeof(*p->headers));
         }
         struct h1_header_off *o = &p->offs[p->nheaders++];
         o->name_off = (uint32_t)p->head.len;

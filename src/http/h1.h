@@ -21,6 +21,9 @@
 
 /* Most headers one request may carry; more -> 431. */
 #define H1_MAX_HEADERS 100
+/* Header slots allocated first and kept between keep-alive requests; a request with more
+ * headers grows the arrays (up to H1_MAX_HEADERS) and h1_reset() gives the excess back. */
+#define H1_HEADERS_KEEP 16
 
 /* h1_feed() results besides an HTTP error status (400, 413, 417, 431). */
 enum h1_result {
@@ -46,6 +49,7 @@ struct h1_parser {
     size_t head_bytes;   /* head bytes counted so far against header_max */
     uint32_t url_len;    /* bytes of URL at the start of head */
     size_t nheaders;     /* headers collected so far */
+    size_t hcap;         /* slots in offs and headers (0, or H1_HEADERS_KEEP..H1_MAX_HEADERS) */
     int in_value;        /* 1 when the last header callback was a value */
     int status;          /* sticky error status (400/413/417/431), 0 while fine */
     int headers_done;    /* 1 once the head is complete (body may follow) */
@@ -54,8 +58,8 @@ struct h1_parser {
     int keep_alive;      /* result: http_should_keep_alive() at completion */
     int method;          /* result: enum http_method */
     int http_minor;      /* result: 0 for HTTP/1.0, 1 for HTTP/1.1 */
-    struct h1_header_off offs[H1_MAX_HEADERS];  /* positions while collecting */
-    struct http_header headers[H1_MAX_HEADERS]; /* result: views into head, arrival order */
+    struct h1_header_off *offs;  /* positions while collecting, hcap slots (heap) */
+    struct http_header *headers; /* result: views into head, arrival order, hcap slots (heap) */
 };
 
 /* Prepare p with its caps. Allocates nothing until bytes arrive. */
