@@ -2,6 +2,7 @@
 
 #include <openssl/evp.h>
 #include <openssl/rand.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,21 +25,52 @@ uint64_t px_mono_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+/* Random bytes for px_uuid4, drawn from the CSPRNG in bulk: RAND_bytes costs a lock and a
+ * getpid() system call per call, once per request otherwise. Each thread has its own pool so
+ * no lock is needed; a forked child empties the pool of the thread that forked (the only
+ * thread it has), so parent and child never hand out the same ids. */
+#define UUID_POOL_BYTES 1024
+static _Thread_local unsigned char uuid_pool[UUID_POOL_BYTES];
+static _Thread_local size_t uuid_pool_left; /* unused bytes at the end of uuid_pool */
+static pthread_once_t uuid_once = PTHREAD_ONCE_INIT;
+
+static void uuid_after_fork(void)
+{
+    uuid_pool_left = 0;
+}
+
+static void uuid_register_fork(void)
+{
+    pthread_atfork(NULL, NULL, uuid_after_fork);
+}
+
 void px_uuid4(char out[37])
 {
-    unsigned char r[16];
-    if (RAND_bytes(r, sizeof(r)) != 1) {
-        /* The CSPRNG failing is not something a request can recover from; fall back to the
-         * clock-seeded libc generator rather than serving without ids. */
-        for (size_t i = 0; i < sizeof(r); i++) {
-            r[i] = (unsigned char)rand();
+    static const char hex[] = "0123456789abcdef";
+    pthread_once(&uuid_once, uuid_register_fork);
+    if (uuid_pool_left < 16) {
+        if (RAND_bytes(uuid_pool, sizeof(uuid_pool)) != 1) {
+            /* The CSPRNG failing is not something a request can recover from; fall back to
+             * the clock-seeded libc generator rather than serving without ids. */
+            for (size_t i = 0; i < sizeof(uuid_pool); i++) {
+                uuid_pool[i] = (unsigned char)rand();
+            }
         }
+        uuid_pool_left = sizeof(uuid_pool);
     }
+    unsigned char *r = uuid_pool + sizeof(uuid_pool) - uuid_pool_left;
+    uuid_pool_left -= 16;
     r[6] = (unsigned char)((r[6] & 0x0f) | 0x40);
     r[8] = (unsigned char)((r[8] & 0x3f) | 0x80);
-    snprintf(out, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", r[0],
-             r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12], r[13],
-             r[14], r[15]);
+    char *o = out;
+    for (int i = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10) {
+            *o++ = '-';
+        }
+        *o++ = hex[r[i] >> 4];
+        *o++ = hex[r[i] & 15];
+    }
+    *o = '\0';
 }
 
 void px_sha256(const void *p, size_t n, unsigned char out[32])
