@@ -73,10 +73,22 @@ void px_uuid4(char out[37])
     *o = '\0';
 }
 
+/* SHA-256 fetched from the provider once: EVP_sha256() makes OpenSSL 3 look the algorithm up
+ * again (under a lock) on every digest, and tokens are hashed on every request. The fetched
+ * method is shared by every thread and kept for the life of the process. */
+static EVP_MD *sha256_md;
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+
+static void sha256_fetch(void)
+{
+    sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+}
+
 void px_sha256(const void *p, size_t n, unsigned char out[32])
 {
     unsigned int len = 32;
-    EVP_Digest(p, n, out, &len, EVP_sha256(), NULL);
+    pthread_once(&sha256_once, sha256_fetch);
+    EVP_Digest(p, n, out, &len, sha256_md ? sha256_md : EVP_sha256(), NULL);
 }
 
 int px_ct_equal(const void *a, const void *b, size_t n)
