@@ -91,6 +91,27 @@ void px_sha256(const void *p, size_t n, unsigned char out[32])
     EVP_Digest(p, n, out, &len, sha256_md ? sha256_md : EVP_sha256(), NULL);
 }
 
+size_t px_i64_str(int64_t v, char out[PX_I64_STR_MAX])
+{
+    char rev[20];
+    size_t n = 0;
+    /* The magnitude in unsigned arithmetic, so INT64_MIN does not overflow. */
+    uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
+    do {
+        rev[n++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    size_t len = 0;
+    if (v < 0) {
+        out[len++] = '-';
+    }
+    while (n) {
+        out[len++] = rev[--n];
+    }
+    out[len] = '\0';
+    return len;
+}
+
 int px_ct_equal(const void *a, const void *b, size_t n)
 {
     const volatile unsigned char *x = a;

@@ -15,6 +15,13 @@ void px_uuid4(char out[37]);
 /* SHA-256 of (p, n) into out[32]. */
 void px_sha256(const void *p, size_t n, unsigned char out[32]);
 
+/* Longest decimal int64_t: "-9223372036854775808" and the NUL. */
+#define PX_I64_STR_MAX 21
+
+/* Write v in decimal + NUL into out; returns the number of digits (and sign) written. Any
+ * thread. For hot paths where snprintf's format parsing costs more than the number. */
+size_t px_i64_str(int64_t v, char out[PX_I64_STR_MAX]);
+
 /* Compare two n-byte strings in time that depends only on n. 1 when equal. */
 int px_ct_equal(const void *a, const void *b, size_t n);
 

@@ -102,8 +102,8 @@ void gw_send_error(struct http_req *req, const char *request_id, const struct gw
 
 static void header_i64(struct http_req *req, const char *name, int64_t v)
 {
-    char s[24];
-    snprintf(s, sizeof(s), "%lld", (long long)v);
+    char s[PX_I64_STR_MAX];
+    px_i64_str(v, s);
     http_resp_header(req, name, s);
 }
 

@@ -913,26 +913,31 @@ const char *http_req_header(const struct http_req *req, const char *name, size_t
 
 /* ---- responses ---- */
 
+/* Lengths are compared before names: this runs for every header of every answer, and most
+ * names cannot be one of the reserved ones. */
 void http_resp_header(struct http_req *req, const char *name, const char *value)
 {
     struct http_conn *c = conn_of(req);
-    if (c->resp_started || strpbrk(name, "\r\n:") || strpbrk(value, "\r\n") || !*name) {
+    size_t nlen = strcspn(name, "\r\n:");
+    size_t vlen = strcspn(value, "\r\n");
+    if (c->resp_started || name[nlen] || value[vlen] || nlen == 0) {
         return;
     }
     /* Framing and connection headers are the server's: it writes them itself. */
-    if (strcasecmp(name, "connection") == 0) {
+    if (nlen == 10 && strcasecmp(name, "connection") == 0) {
         if (strcasecmp(value, "close") == 0) {
             req->keep_alive = 0;
         }
         return;
     }
-    if (strcasecmp(name, "content-length") == 0 || strcasecmp(name, "transfer-encoding") == 0 ||
-        strcasecmp(name, "keep-alive") == 0) {
+    if ((nlen == 14 && strcasecmp(name, "content-length") == 0) ||
+        (nlen == 17 && strcasecmp(name, "transfer-encoding") == 0) ||
+        (nlen == 10 && strcasecmp(name, "keep-alive") == 0)) {
         return;
     }
     size_t mark = c->resp_hdrs.len;
-    if (buf_append_str(&c->resp_hdrs, name) != 0 || buf_append(&c->resp_hdrs, ": ", 2) != 0 ||
-        buf_append_str(&c->resp_hdrs, value) != 0 || buf_append(&c->resp_hdrs, "\r\n", 2) != 0) {
+    if (buf_append(&c->resp_hdrs, name, nlen) != 0 || buf_append(&c->resp_hdrs, ": ", 2) != 0 ||
+        buf_append(&c->resp_hdrs, value, vlen) != 0 || buf_append(&c->resp_hdrs, "\r\n", 2) != 0) {
         /* Over the cap: drop this header whole. */
         c->resp_hdrs.len = mark;
         if (c->resp_hdrs.data) {

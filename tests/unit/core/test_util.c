@@ -1,5 +1,5 @@
 /* core/util tests: px_uuid4 (format, version and variant bits, no repeats across pool refills,
- * a forked child never repeats its parent's ids) and px_sha256 (known answers). */
+ * a forked child never repeats its parent's ids), px_sha256 (known answers) and px_i64_str. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -99,12 +99,35 @@ static void test_sha256_known(void **state)
     }
 }
 
+static void test_i64_str(void **state)
+{
+    (void)state;
+    static const struct {
+        int64_t v;
+        const char *s;
+    } cases[] = {
+        {0, "0"},
+        {7, "7"},
+        {-1, "-1"},
+        {10, "10"},
+        {1234567890, "1234567890"},
+        {INT64_MAX, "9223372036854775807"},
+        {INT64_MIN, "-9223372036854775808"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char out[PX_I64_STR_MAX];
+        assert_int_equal(px_i64_str(cases[i].v, out), strlen(cases[i].s));
+        assert_string_equal(out, cases[i].s);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_uuid4_format_and_unique),
         cmocka_unit_test(test_uuid4_fork),
         cmocka_unit_test(test_sha256_known),
+        cmocka_unit_test(test_i64_str),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
