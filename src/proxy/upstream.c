@@ -16,6 +16,14 @@
  * only marks the request and the write callback fails it; requests are removed from the
  * multi handle only from loop callbacks, after curl_multi_socket_action has returned. */
 
+/* Distinct URLs (backend + path) whose parsed form is kept; more are passed as strings. */
+#define URL_CACHE_MAX 64
+
+struct url_entry {
+    char *url; /* the URL as given (heap) */
+    CURLU *h;  /* its parsed form */
+};
+
 struct upstream_client {
     uv_loop_t *loop;
     CURLM *multi;
@@ -25,13 +33,15 @@ struct upstream_client {
     struct upstream_req *reqs; /* every live request, for free() */
     CURL *spare[64];           /* easy handles kept for reuse (curl_easy_reset) */
     size_t nspare;
+    struct url_entry urls[URL_CACHE_MAX]; /* parsed URLs, see client_url() */
+    size_t nurls;
+    struct curl_slist *post_headers; /* the headers of every POST, built once */
     int closing;
 };
 
 struct upstream_req {
     struct upstream_client *c;
     CURL *easy;
-    struct curl_slist *headers;
     char *body;       /* copy of the request body */
     size_t body_len;  /* bytes in body */
     size_t body_off;  /* bytes of body handed to curl so far */
@@ -151,6 +161,9 @@ int upstream_client_new(struct upstream_client **out, uv_loop_t *loop)
     curl_multi_setopt(c->multi, CURLMOPT_TIMERDATA, c);
     /* Keep enough idle keep-alive connections for every backend slot. */
     curl_multi_setopt(c->multi, CURLMOPT_MAXCONNECTS, 1024L);
+    c->post_headers = curl_slist_append(NULL, "Content-Type: application/json");
+    /* No 100-continue round trip: the backend always takes the body. */
+    c->post_headers = curl_slist_append(c->post_headers, "Expect:");
     *out = c;
     return 0;
 }
@@ -177,7 +190,6 @@ static void req_free(struct upstream_req *r)
         curl_easy_cleanup(r->easy);
     }
     r->easy = NULL;
-    curl_slist_free_all(r->headers);
     free(r->body);
     r->body = NULL;
     if (r->prev) {
@@ -322,6 +334,35 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud)
     return r->cancelled ? 0 : len;
 }
 
+/* The parsed form of url, or NULL to pass the string. Given a string, curl parses the URL
+ * again on every transfer; given a CURLU it copies the parsed handle instead. The flags are
+ * the ones curl itself parses a string URL with, so both ways mean the same URL; a URL that
+ * does not parse is passed as a string and fails in curl exactly as before. */
+static CURLU *client_url(struct upstream_client *c, const char *url)
+{
+    for (size_t i = 0; i < c->nurls; i++) {
+        if (strcmp(c->urls[i].url, url) == 0) {
+            return c->urls[i].h;
+        }
+    }
+    if (c->nurls == URL_CACHE_MAX) {
+        return NULL;
+    }
+    CURLU *h = curl_url();
+    if (!h) {
+        return NULL;
+    }
+    if (curl_url_set(h, CURLUPART_URL, url, CURLU_GUESS_SCHEME | CURLU_NON_SUPPORT_SCHEME) !=
+        CURLUE_OK) {
+        curl_url_cleanup(h);
+        return NULL;
+    }
+    c->urls[c->nurls].url = px_strdup(url);
+    c->urls[c->nurls].h = h;
+    c->nurls++;
+    return h;
+}
+
 struct upstream_req *upstream_req_start(struct upstream_client *c,
                                         const struct upstream_req_opts *opts)
 {
@@ -335,7 +376,12 @@ struct upstream_req *upstream_req_start(struct upstream_client *c,
     }
     r->idle_timeout_ms = opts->idle_timeout_ms;
     CURL *e = r->easy;
-    curl_easy_setopt(e, CURLOPT_URL, opts->url);
+    CURLU *u = client_url(c, opts->url);
+    if (u) {
+        curl_easy_setopt(e, CURLOPT_CURLU, u);
+    } else {
+        curl_easy_setopt(e, CURLOPT_URL, opts->url);
+    }
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)r);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->errbuf);
@@ -357,11 +403,8 @@ struct upstream_req *upstream_req_start(struct upstream_client *c,
         curl_easy_setopt(e, CURLOPT_READFUNCTION, on_read);
         curl_easy_setopt(e, CURLOPT_READDATA, r);
         curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)opts->body_len);
-        r->headers = curl_slist_append(r->headers, "Content-Type: application/json");
-        /* No 100-continue round trip: the backend always takes the body. */
-        r->headers = curl_slist_append(r->headers, "Expect:");
+        curl_easy_setopt(e, CURLOPT_HTTPHEADER, c->post_headers);
     }
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->headers);
     uv_timer_init(c->loop, &r->timer);
     r->timer.data = r;
     r->next = c->reqs;
@@ -429,6 +472,12 @@ void upstream_client_free(struct upstream_client *c)
     }
     c->nspare = 0;
     curl_multi_cleanup(c->multi);
+    /* Only now: easy handles kept pointers to these. */
+    for (size_t i = 0; i < c->nurls; i++) {
+        curl_url_cleanup(c->urls[i].h);
+        free(c->urls[i].url);
+    }
+    curl_slist_free_all(c->post_headers);
     uv_timer_stop(&c->timer);
     uv_close((uv_handle_t *)&c->timer, on_client_timer_closed);
 }
