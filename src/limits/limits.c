@@ -247,7 +247,11 @@ void lim__answer(struct limiter *l, struct lim_pending *p, const struct lim_deci
 void lim__fallback(struct limiter *l, struct lim_pending *p)
 {
     struct lim_decision d;
-    if (l->fail_open) {
+    if (p->cancelled) {
+        /* Nobody is waiting for this answer: take nothing from the local buckets. */
+        memset(&d, 0, sizeof(d));
+        d.verdict = LIM_UNAVAILABLE;
+    } else if (l->fail_open) {
         local_decide(l, tenant_get(l, p->tenant), &p->plan, p->reserve, l->nodes, 1, &d);
     } else {
         memset(&d, 0, sizeof(d));

@@ -364,6 +364,12 @@ static void on_admit_reply(redisAsyncContext *ac, void *reply, void *privdata)
         d.retry_after_ms = lim__ms_to_next_month();
     }
     lim__note_month(p->l, p->tenant, d.month_used);
+    if (p->cancelled && !p->answered && d.verdict == LIM_ALLOW) {
+        /* The requester left while Redis was deciding: Redis has reserved its tokens and
+         * nothing will ever settle them, so give them back now (the request still counts
+         * for requests/minute: it arrived). */
+        lim_settle(p->l, p->tenant, &p->plan, p->reserve, 0);
+    }
     lim__answer(p->l, p, &d);
     lim__pending_release(p->l, p);
 }

@@ -649,6 +649,36 @@ class RedisLimitsTest(LimitsTestCase):
         self.assertEqual(got, [200, 200, 200, 200, 429, 429],
                          "tpm %d = 3 x %d real + %d reserved" % (3 * total + reserved, total, reserved))
 
+    def test_client_gone_during_redis_admission_gets_its_tokens_back(self):
+        """A client hangs up while its admission is still in Redis: Redis reserves the tokens
+        when it answers, and privax must give them back (nothing else would ever settle them)."""
+        reserved, _ = learn_counts()
+        # Room for exactly one reservation a minute; the timeout is long, so the answer comes
+        # from Redis, not from the fallback.
+        gw = self.gateway("n1", {"starter": tier(tpm=reserved)}, nodes=1, redis_timeout_ms=20000)
+        hdr = auth_headers(tenant="gone")
+        hdr["Content-Type"] = "application/json"
+        payload = json.dumps(small_body()).encode("utf-8")
+        self.redis.pause()
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=T(10))
+            c.request("POST", "/v1/chat/completions", body=payload, headers=hdr)
+            time.sleep(T(0.3))  # the EVALSHA is in Redis's socket buffer
+            c.close()           # the client is gone before Redis answered
+            time.sleep(T(0.3))  # privax saw the hang-up
+        finally:
+            self.redis.resume()
+        # Without the refund the bucket holds nothing for a minute: every request is a 429.
+        got = []
+        def admitted():
+            r = gw.chat(small_body(), headers=auth_headers(tenant="gone"))
+            got.append(r.status)
+            return r.status == 200
+        wait_for(admitted, T(5), "a request to fit once the gone client's tokens were refunded")
+        self.assertEqual(got[-1], 200, got)
+        rows = gw.wait_rows(1, "tenant_id = 'gone' AND status_code = 499")
+        self.assertEqual(len(rows), 1, rows)
+
     def test_redis_killed_open_falls_back_to_local_limits_and_resumes(self):
         tiers = {"starter": tier(rpm=20)}
         g1, g2 = self.gateway("n1", tiers, nodes=2), self.gateway("n2", tiers, nodes=2)
