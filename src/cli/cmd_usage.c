@@ -70,7 +70,15 @@ static int parse_date(const char *s, int64_t *ms)
     if (*end != '\0' || tm.tm_year < 70) {
         return PX_EPARSE;
     }
-    *ms = (int64_t)timegm(&tm) * 1000;
+    /* strptime takes 2026-02-30 and 23:59:60; timegm would roll them into the next day.
+     * A date that does not come back unchanged is not a real one. */
+    struct tm want = tm;
+    time_t t = timegm(&tm);
+    if (tm.tm_mday != want.tm_mday || tm.tm_mon != want.tm_mon || tm.tm_year != want.tm_year ||
+        tm.tm_hour != want.tm_hour || tm.tm_min != want.tm_min || tm.tm_sec != want.tm_sec) {
+        return PX_EPARSE;
+    }
+    *ms = (int64_t)t * 1000;
     return 0;
 }
 

@@ -89,6 +89,18 @@ class CliTest(TestCase):
         self.assertNotEqual(p.returncode, 0)
         self.assertTrue(p.stderr, p)
 
+    def test_usage_refuses_dates_that_do_not_exist(self):
+        path = self.h.write_config(self.good(), "u.yaml")
+        env = {"PX_SOME_TOKEN": "set"}
+        for bad in ("2026-02-30", "2026-13-01", "2026-04-31", "2026-01-01T24:00:00Z",
+                    "2026-01-01T23:59:60Z", "26-01-01", "2026-01-01x", ""):
+            p = self.h.privax(["usage", "--config", path, "--since", bad], env=env)
+            self.assertEqual(p.returncode, 64, (bad, p))
+            self.assertIn("--since/--until must be", p.stderr.decode(), bad)
+        for good in ("2024-02-29", "2026-12-31T23:59:59Z", "2026-01-01T00:00:00"):
+            p = self.h.privax(["usage", "--config", path, "--since", good, "--json"], env=env)
+            self.assertEqual(p.returncode, 0, (good, p.stderr.decode()))
+
     def test_config_check_good(self):
         path, p = self.check(self.good())
         self.assertEqual(p.returncode, 0, p.stderr.decode())
