@@ -161,6 +161,10 @@ static void chat_flush(struct gw_chat *c)
     if (!c->started) {
         c->started = 1;
         c->ttft_ms = (int64_t)(px_mono_ms() - c->t0_ms);
+        /* Nothing is retried once the client has bytes (chat_retry), so the request's tree
+         * is not needed again: free it rather than hold it for the stream's life (about
+         * 1.5 KiB per open stream). */
+        gw_chat_req_cleanup(&c->body);
         chat_headers(c);
         http_resp_header(c->req, "Cache-Control", "no-cache");
         /* Tell nginx (and similar proxies) not to buffer the stream. */
