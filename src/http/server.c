@@ -1001,6 +1001,11 @@ void http_resp_start(struct http_req *req, int status, const char *content_type)
     }
     uv_buf_t b = uv_buf_init(c->out.data, (unsigned int)c->out.len);
     conn_write(c, &b, 1);
+    /* A streamed response may hold the connection for minutes, and the head's buffers are not
+     * needed again before the next response (conn_write copied what it could not send): give
+     * them back rather than keep ~1.5 KiB per open stream. */
+    buf_cleanup(&c->out);
+    buf_cleanup(&c->resp_hdrs);
 }
 
 int http_resp_write(struct http_req *req, const char *data, size_t len)
