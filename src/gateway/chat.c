@@ -172,7 +172,9 @@ static void chat_flush(struct gw_chat *c)
         http_resp_start(c->req, 200, "text/event-stream");
     }
     int rc = http_resp_write(c->req, c->out.data, c->out.len);
-    buf_reset(&c->out);
+    /* Written or copied: free it, so a stream waiting for its next token holds no output
+     * buffer (one allocation per upstream read). */
+    buf_cleanup(&c->out);
     if (rc == 1 && c->up) {
         upstream_req_pause(c->up, 1); /* resumed by chat_on_drain */
     }

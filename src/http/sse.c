@@ -124,5 +124,14 @@ int sse_parser_feed(struct sse_parser *p, const char *bytes, size_t n, sse_event
         p->skip_lf = *eol == '\r';
         s = eol + 1;
     }
+    /* Unless a line or an event is still open, hold no memory until the next read: a stream
+     * between tokens (or idle for minutes) then costs the parser nothing, for one allocation
+     * per read that carries events. */
+    if (p->line.len == 0) {
+        buf_cleanup(&p->line);
+        if (!p->has_data) {
+            buf_cleanup(&p->data);
+        }
+    }
     return 0;
 }
