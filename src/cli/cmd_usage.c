@@ -286,6 +286,10 @@ int cli_cmd_usage(int argc, char **argv)
                             "YYYY-MM-DDTHH:MM:SSZ (UTC)\n");
             return EX_USAGE;
         }
+        if (since_ms > until_ms) {
+            fprintf(stderr, "privax usage: --since %s is after --until %s\n", since_arg, until_arg);
+            return EX_USAGE;
+        }
         snprintf(period, sizeof(period), "%s .. %s", since_arg ? since_arg : "the start",
                  until_arg ? until_arg : "now");
     } else {

@@ -407,9 +407,9 @@ static int apply_opt(struct cfg_loader *ld, const struct cfg_opt *o, void *obj, 
     }
     case CFG_BOOL: {
         int b;
-        if (is_plain(v) && len == 4 && strncasecmp(s, "true", 4) == 0) {
+        if (is_plain(v) && len == 4 && memcmp(s, "true", 4) == 0) {
             b = 1;
-        } else if (is_plain(v) && len == 5 && strncasecmp(s, "false", 5) == 0) {
+        } else if (is_plain(v) && len == 5 && memcmp(s, "false", 5) == 0) {
             b = 0;
         } else {
             return cfg_fail(ld, line, where, "must be true or false, got \"%s\"", shown);

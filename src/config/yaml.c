@@ -133,15 +133,34 @@ int cfg_yaml_doc_parse(struct cfg_yaml_doc *d, const struct cfg_yaml_err *e, con
     fy_diag_set_collect_errors(d->diag, true);
     struct fy_parse_cfg pcfg = {.flags = FYPCF_QUIET | FYPCF_JSON_NONE | FYPCF_ALLOW_DUPLICATE_KEYS,
                                 .diag = d->diag};
-    d->doc = fy_document_build_from_string(&pcfg, data, len);
+    /* A parser rather than fy_document_build_from_string, which reads the first document and
+     * ignores the rest: whatever follows a "---" would be silently dropped, typos included. */
+    struct fy_parser *fyp = fy_parser_create(&pcfg);
+    if (fyp == NULL || fy_parser_set_string(fyp, data, len) != 0) {
+        fy_parser_destroy(fyp);
+        return cfg_yaml_fail(e, 0, NULL, "cannot create the YAML parser");
+    }
+    d->doc = fy_parse_load_document(fyp);
+    struct fy_document *more = d->doc ? fy_parse_load_document(fyp) : NULL;
+    int more_line = 0;
+    if (more != NULL) {
+        struct fy_node *r = fy_document_root(more);
+        more_line = r ? cfg_yaml_node_line(r, 0, 8) : 0;
+        fy_parse_document_destroy(fyp, more);
+    }
+    fy_parser_destroy(fyp);
+    void *it = NULL;
+    struct fy_diag_error *de = fy_diag_errors_iterate(d->diag, &it);
+    if (de != NULL) {
+        return cfg_yaml_fail(e, de->line > 0 ? de->line : 1, NULL, "YAML syntax error: %s",
+                             de->msg ? de->msg : "invalid YAML");
+    }
     if (d->doc == NULL) {
-        void *it = NULL;
-        struct fy_diag_error *de = fy_diag_errors_iterate(d->diag, &it);
-        if (de != NULL) {
-            return cfg_yaml_fail(e, de->line > 0 ? de->line : 1, NULL, "YAML syntax error: %s",
-                                 de->msg ? de->msg : "invalid YAML");
-        }
         return cfg_yaml_fail(e, 1, NULL, "%s", empty_msg);
+    }
+    if (more != NULL) {
+        return cfg_yaml_fail(e, more_line > 0 ? more_line : 1, NULL,
+                             "a second YAML document (after \"---\"): the file must hold one");
     }
     d->root = fy_document_root(d->doc);
     if (d->root == NULL) {

@@ -97,6 +97,10 @@ class CliTest(TestCase):
             p = self.h.privax(["usage", "--config", path, "--since", bad], env=env)
             self.assertEqual(p.returncode, 64, (bad, p))
             self.assertIn("--since/--until must be", p.stderr.decode(), bad)
+        p = self.h.privax(["usage", "--config", path, "--since", "2026-12-05", "--until",
+                           "2026-12-01"], env=env)
+        self.assertEqual(p.returncode, 64, p)
+        self.assertIn("is after --until", p.stderr.decode())
         for good in ("2024-02-29", "2026-12-31T23:59:59Z", "2026-01-01T00:00:00"):
             p = self.h.privax(["usage", "--config", path, "--since", good, "--json"], env=env)
             self.assertEqual(p.returncode, 0, (good, p.stderr.decode()))
@@ -162,6 +166,29 @@ class CliTest(TestCase):
         self.assertEqual(p.returncode, EX_CONFIG, out)
         # A parser may notice an unclosed bracket on a later line; it must name a line.
         self.assertRegex(out, r"(?m)^%s:\d+: \S" % re.escape(path), out)
+
+    def test_a_second_yaml_document_is_an_error(self):
+        good = self.good()
+        n = good.count("\n")
+        for tail, what in (("---\nlistn: x\n", "second YAML document"),
+                           ("---\ngarbage: [\n", "YAML syntax error")):
+            path, p = self.check(good + tail)
+            out = (p.stderr + p.stdout).decode("utf-8", "replace")
+            self.assertEqual(p.returncode, EX_CONFIG, out)
+            self.assertRegex(out, r"(?m)^%s:\d+: " % re.escape(path), out)
+            self.assertIn(what, out)
+        path, p = self.check(good + "---\nlistn: x\n")
+        self.assertIn("%s:%d: " % (path, n + 2), p.stderr.decode())
+        # A single document may still open with "---" and close with "...".
+        path, p = self.check("---\n" + good + "...\n")
+        self.assertEqual(p.returncode, 0, p.stderr.decode())
+
+    def test_booleans_are_true_or_false_only(self):
+        for v in ("True", "TRUE", "yes", "on", "1"):
+            path, p = self.check(self.good() + "log:\n  access: %s\n" % v)
+            out = p.stderr.decode()
+            self.assertEqual(p.returncode, EX_CONFIG, (v, out))
+            self.assertIn("must be true or false", out, v)
 
     def test_missing_file(self):
         path = self.h.path("nope.yaml")
