@@ -92,6 +92,7 @@ void h1_reset(struct h1_parser *p)
     p->nheaders = 0;
     p->in_value = 0;
     p->status = 0;
+    p->why = NULL;
     p->headers_done = 0;
     p->done = 0;
     p->expect_continue = 0;
@@ -183,6 +184,7 @@ static int on_header_value(http_parser *hp, const char *at, size_t len)
     if (p->nheaders == 0) {
         /* http_parser never sends a value before a field; refuse rather than assume. */
         p->status = 400;
+        p->why = "header value without a name";
         return -1;
     }
     struct h1_header_off *o = &p->offs[p->nheaders - 1];
@@ -210,26 +212,27 @@ static int is_tchar(unsigned char c)
 }
 
 /* Names must be non-empty tchar runs; values must hold no control bytes but HTAB. */
-static int headers_valid(const struct h1_parser *p)
+/* NULL when every header is well formed, else what is wrong. */
+static const char *headers_invalid(const struct h1_parser *p)
 {
     for (size_t i = 0; i < p->nheaders; i++) {
         const struct http_header *h = &p->headers[i];
         if (h->name_len == 0) {
-            return 0;
+            return "empty header name";
         }
         for (size_t k = 0; k < h->name_len; k++) {
             if (!is_tchar((unsigned char)h->name[k])) {
-                return 0;
+                return "invalid character in a header name";
             }
         }
         for (size_t k = 0; k < h->value_len; k++) {
             unsigned char c = (unsigned char)h->value[k];
             if ((c < 0x20 && c != '\t') || c == 0x7f) {
-                return 0;
+                return "control character in a header value";
             }
         }
     }
-    return 1;
+    return NULL;
 }
 
 static const struct http_header *find_header(const struct h1_parser *p, const char *name)
@@ -266,8 +269,10 @@ static int on_headers_complete(http_parser *hp)
     p->headers_done = 1;
     /* Answer Upgrade requests as plain HTTP/1.1 and keep parsing their body (see top). */
     hp->upgrade = 0;
-    if (hp->method == HTTP_CONNECT || !headers_valid(p)) {
+    const char *bad = hp->method == HTTP_CONNECT ? "CONNECT is not supported" : headers_invalid(p);
+    if (bad) {
         p->status = 400;
+        p->why = bad;
         return -1;
     }
     if ((hp->flags & F_CONTENTLENGTH) && hp->content_length > p->body_max) {
@@ -338,6 +343,9 @@ int h1_feed(struct h1_parser *p, const char *data, size_t len, size_t *consumed)
     }
     if (err != HPE_OK || n != len) {
         p->status = 400;
+        /* http_parser's own words name the rule ("invalid character in content length",
+         * "invalid character in chunk size", ...). */
+        p->why = err != HPE_OK ? http_errno_description(err) : "unexpected data";
         return p->status;
     }
     return H1_NEED_MORE;

@@ -52,6 +52,7 @@ struct h1_parser {
     size_t hcap;         /* slots in offs and headers (0, or H1_HEADERS_KEEP..H1_MAX_HEADERS) */
     int in_value;        /* 1 when the last header callback was a value */
     int status;          /* sticky error status (400/413/417/431), 0 while fine */
+    const char *why;     /* with status 400: which rule the request broke (static text) */
     int headers_done;    /* 1 once the head is complete (body may follow) */
     int done;            /* 1 once the whole request is complete */
     int expect_continue; /* 1 when the client waits for "100 Continue" before the body */

@@ -434,6 +434,11 @@ static void conn_fail(struct http_conn *c, int status)
         status = 400;
         break;
     }
+    char why[160];
+    if (status == 400 && c->p.why) {
+        snprintf(why, sizeof(why), "malformed HTTP request: %s", c->p.why);
+        msg = why;
+    }
     px_debug("event=http_reject peer=%s status=%d", c->req.peer, status);
     buf_reset(&c->resp_hdrs);
     c->chunked = 0;

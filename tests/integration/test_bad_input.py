@@ -329,6 +329,23 @@ class BadInputTest(SharedStackTestCase):
                     except ConnectionError:
                         pass  # closing the connection is a fine answer to garbage
 
+    def test_framing_errors_say_which_rule(self):
+        head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+        cases = ((head + b"Content-Length: -5\r\n\r\n", "content-length"),
+                 (head + b"Content-Length: 5\r\nContent-Length: 6\r\n\r\n", "content-length"),
+                 (head + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n", "chunk size"),
+                 (head + b"X-A: 1\x7f\r\n\r\n", "header"),
+                 (b"CONNECT x:443 HTTP/1.1\r\n\r\n", "CONNECT"))
+        for raw, what in cases:
+            with self.subTest(raw=raw[-40:]):
+                with socket.create_connection(("127.0.0.1", self.gw.port), timeout=T(10)) as s:
+                    s.sendall(raw)
+                    r = read_http_response(s, T(10))
+                self.assertEqual(r.status, 400, r)
+                msg = json.loads(r.body)["error"]["message"]
+                self.assertTrue(msg.startswith("malformed HTTP request: "), msg)
+                self.assertIn(what, msg)
+
     def test_truncated_body_then_close(self):
         req = raw("POST", "/v1/chat/completions",
                   [("Authorization", "Bearer " + TOKEN), ("X-Tenant-ID", TENANT),
