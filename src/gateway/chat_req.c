@@ -216,6 +216,10 @@ int gw_chat_req_parse(const struct px_config *cfg, const char *body, size_t len,
     if (!root) {
         /* Valid JSON whose number does not fit 64 bits is a bad value, not bad JSON. */
         int too_big = strncmp(je.text, "too big", 7) == 0;
+        if (strstr(je.text, "JSON_ALLOW_NUL")) {
+            /* jansson names its own flag; say what the client can act on. */
+            snprintf(je.text, sizeof(je.text), "%s", "\\u0000 is not allowed in a string");
+        }
         gw_error_set(err, 400, "invalid_request_error", too_big ? "invalid_value" : "invalid_json",
                      "request body is not valid JSON: %s at line %d column %d", je.text, je.line,
                      je.column);

@@ -109,6 +109,14 @@ class BadInputTest(SharedStackTestCase):
             with self.subTest(body=body):
                 self.assertErrorJSON(self.post(body), 400, "invalid_json", INVALID_REQUEST)
 
+    def test_nul_escape_in_a_string_is_named_plainly(self):
+        body = b'{"model":"x","messages":[{"role":"user","content":"a\\u0000b"}]}'
+        r = self.post(body)
+        self.assertErrorJSON(r, 400, "invalid_json", INVALID_REQUEST)
+        msg = json.loads(r.body)["error"]["message"]
+        self.assertIn("\\u0000 is not allowed in a string", msg)
+        self.assertNotIn("JSON_ALLOW_NUL", msg)
+
     def test_json_not_object(self):
         for body in (b"[]", b'"hello"', b"42", b"null", b"true", json.dumps([chat_body()]).encode()):
             with self.subTest(body=body[:30]):
