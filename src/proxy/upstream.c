@@ -246,6 +246,12 @@ static void client_check_done(struct upstream_client *c)
             req_finish(r, PX_ECLOSED, "aborted by the relay");
         } else if (res == CURLE_OPERATION_TIMEDOUT) {
             req_finish(r, -ETIMEDOUT, r->errbuf[0] ? r->errbuf : curl_easy_strerror(res));
+        } else if (res == CURLE_RECV_ERROR || res == CURLE_SEND_ERROR) {
+            /* curl's own text is about its poll loop ("select/poll returned error": libuv saw
+             * the socket fail) or the syscall; either way the backend dropped the connection. */
+            req_finish(r, PX_EUPSTREAM, "connection reset by the backend");
+        } else if (res == CURLE_GOT_NOTHING) {
+            req_finish(r, PX_EUPSTREAM, "the backend closed the connection without answering");
         } else {
             req_finish(r, PX_EUPSTREAM, r->errbuf[0] ? r->errbuf : curl_easy_strerror(res));
         }

@@ -77,6 +77,9 @@ class BeforeFirstByteTest(TestCase):
                     sent = self.sim.stats()["requests"] - before
                     self.assertErrorJSON(r, 502)
                     self.assertEqual(sent, 1, "the gateway sent the request %d times" % sent)
+                    msg = r.json()["error"]["message"]
+                    self.assertRegex(msg, "reset by the backend|connection lost after the request "
+                                     "was sent|closed the connection without answering", msg)
 
     def test_no_usage_from_upstream_is_estimated(self):
         for model in MODELS:
