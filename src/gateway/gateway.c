@@ -176,6 +176,7 @@ static const struct {
     {HTTP_POST, "/v1/chat/completions", gw_chat_handle},
     {HTTP_GET, "/v1/models", handle_models},
     {HTTP_GET, "/health", handle_health},
+    {HTTP_HEAD, "/health", handle_health}, /* load balancers probe with HEAD; no body is sent */
     {HTTP_GET, "/metrics", handle_metrics},
     {HTTP_POST, "/v1/usage/check", gw_usage_check},
     {HTTP_GET, "/v1/usage/", gw_usage_get}, /* a path ending in '/' matches as a prefix */

@@ -161,6 +161,18 @@ class ChatTest(TestCase):
     def test_health(self):
         r = self.gw.get("/health")
         self.assertEqual(r.status, 200, r)
+        # HEAD, as load balancers probe: same status and length, no body, connection reusable.
+        conn = http.client.HTTPConnection("127.0.0.1", self.gw.port, timeout=T(30))
+        try:
+            conn.request("HEAD", "/health")
+            h = conn.getresponse()
+            self.assertEqual(h.status, 200)
+            self.assertEqual(h.read(), b"")
+            self.assertGreater(int(h.getheader("Content-Length")), 0)
+            conn.request("GET", "/health")
+            self.assertEqual(conn.getresponse().status, 200)
+        finally:
+            conn.close()
 
     def test_keep_alive_reuses_connection(self):
         conn = http.client.HTTPConnection("127.0.0.1", self.gw.port, timeout=T(30))
