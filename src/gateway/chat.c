@@ -661,6 +661,14 @@ static void chat_deliver(void *ud)
     gw_queue_pump(gw);
 }
 
+/* No counts from the backend (cut stream, client gone): bill an estimate of what was relayed.
+ * Not when the client got an error from our side (5xx: the backend failed, timed out or could
+ * not be reached): it received nothing, and a provider's failure is not the tenant's bill. */
+static int chat_bills_estimate(const struct gw_chat *c)
+{
+    return !c->relay.usage.present && c->relay.usage.total_tokens == 0 && c->status < 500;
+}
+
 static void chat_done(struct gw_chat *c)
 {
     struct gateway *gw = c->gw;
@@ -672,7 +680,7 @@ static void chat_done(struct gw_chat *c)
         gw->backends[c->backend].inflight--;
     }
     if (c->reserved > 0) {
-        if (c->backend >= 0 && !c->relay.usage.present && c->relay.usage.total_tokens == 0) {
+        if (c->backend >= 0 && chat_bills_estimate(c)) {
             provider__estimate(&c->relay, c->body.prompt_estimate, c->relay.content_chunks);
         }
         lim_settle(gw->lim, c->id.tenant_id, &c->plan, c->reserved,
@@ -702,8 +710,7 @@ static void chat_done(struct gw_chat *c)
             copy_str(ev->provider, sizeof(ev->provider), providers[pk]);
             copy_str(ev->backend, sizeof(ev->backend), b->name);
             ev->gpu_id = b->gpu_id;
-            if (!c->relay.usage.present && c->relay.usage.total_tokens == 0) {
-                /* No counts from the backend (cut, gone, failed): bill what was relayed. */
+            if (chat_bills_estimate(c)) {
                 provider__estimate(&c->relay, c->body.prompt_estimate, c->relay.content_chunks);
             }
             ev->prompt_tokens = c->relay.usage.prompt_tokens;

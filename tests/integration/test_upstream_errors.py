@@ -35,6 +35,9 @@ class BeforeFirstByteTest(TestCase):
                     self.assertEqual(row["status_code"], 502, row)
                     self.assertEqual(row["success"], 0, row)
                     self.assertTrue(row["error_code"], row)
+                    # The client got an error, not an answer: nothing is billed.
+                    self.assertEqual((row["prompt_tokens"], row["completion_tokens"],
+                                      row["total_tokens"]), (0, 0, 0), row)
                     self.assert_still_ok(model)
 
     def test_upstream_503_busy_is_503_with_retry_after(self):
@@ -61,6 +64,7 @@ class BeforeFirstByteTest(TestCase):
                     row = self.gw.wait_rows(1, "request_id = ?", (rid,))[0]
                     self.assertEqual(row["status_code"], 504, row)
                     self.assertEqual(row["success"], 0, row)
+                    self.assertEqual(row["total_tokens"], 0, row)
                     self.assert_still_ok(model)
 
     def test_upstream_reset_is_502(self):
