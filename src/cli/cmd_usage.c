@@ -129,7 +129,7 @@ static int print_json(const struct usage_line *lines, size_t n, enum store_group
     return EX_OK;
 }
 
-#define USAGE_NCOLS 11
+#define USAGE_NCOLS 12
 
 static int print_table(const struct usage_line *lines, size_t n, const char *period,
                        enum store_group by)
@@ -137,10 +137,10 @@ static int print_table(const struct usage_line *lines, size_t n, const char *per
     const char *head[USAGE_NCOLS] = {
         group_names[by],     "tier",         "requests", "prompt_tokens",
         "completion_tokens", "total_tokens", "errors",   "avg_latency_ms",
-        "p95_latency_ms",    "allowance",    "used_pct",
+        "p95_latency_ms",    "allowance",    "used_pct", "overage_tokens",
     };
-    /* Tier, allowance and used_pct are per-tenant figures. */
-    int ncols = by == STORE_BY_TENANT ? USAGE_NCOLS : USAGE_NCOLS - 3;
+    /* Tier, allowance, used_pct and overage are per-tenant figures. */
+    int ncols = by == STORE_BY_TENANT ? USAGE_NCOLS : USAGE_NCOLS - 4;
     if (by != STORE_BY_TENANT) {
         for (int c = 1; c < ncols; c++) {
             head[c] = head[c + 1];
@@ -173,6 +173,7 @@ static int print_table(const struct usage_line *lines, size_t n, const char *per
             snprintf(cell[8], sizeof(cell[8]), "%.0f", r->p95_latency_ms);
             snprintf(cell[9], sizeof(cell[9]), "%" PRId64, lines[i].allowance);
             snprintf(cell[10], sizeof(cell[10]), "%.1f%%", lines[i].used_pct);
+            snprintf(cell[11], sizeof(cell[11]), "%" PRId64, r->overage_tokens);
             if (by != STORE_BY_TENANT) {
                 memmove(cell[1], cell[2], sizeof(cell[0]) * (USAGE_NCOLS - 2));
             }

@@ -452,6 +452,11 @@ class MonthlyQuotaTest(LimitsTestCase):
                          ("bil", "pro", used, self.ALLOWANCE), u)
         self.assertAlmostEqual(u[0]["used_pct"], round(used * 100.0 / self.ALLOWANCE, 1), places=1)
         self.assertEqual(u[0]["overage_tokens"], 3 * total, u)
+        # The table says the same (README: per tenant, tier, allowance, used % and overage).
+        p = self.h.privax(["usage", "--config", gw.config_path, "--tenant", "bil"])
+        head, row = p.stdout.decode().splitlines()[:2]
+        self.assertEqual(head.split()[-3:], ["allowance", "used_pct", "overage_tokens"], head)
+        self.assertEqual(row.split()[-1], str(3 * total), row)
 
     def test_quota_warning_header_from_the_request_at_80_percent(self):
         reserved, total = learn_counts()
