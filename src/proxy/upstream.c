@@ -14,7 +14,17 @@
  * cancelled from inside one of its own curl callbacks (a client hangs up while we write
  * its bytes), where curl_multi_remove_handle is forbidden, so cancellation inside a callback
  * only marks the request and the write callback fails it; requests are removed from the
- * multi handle only from loop callbacks, after curl_multi_socket_action has returned. */
+ * multi handle only from loop callbacks, after curl_multi_socket_action has returned.
+ *
+ * A POST is never sent twice. The body is handed to curl as CURLOPT_POSTFIELDS, so curl
+ * sends it with the request head in one send() (bodies under 64 KiB); but then curl could
+ * rewind it, and when a reused keep-alive connection dies after the request went out, curl
+ * silently starts the transfer again on another connection. Every attempt passes the
+ * pre-request callback (CURLOPT_PREREQFUNCTION, right before the request is sent), and
+ * on_prereq refuses any attempt after the first: the transfer fails with
+ * CURLE_ABORTED_BY_CALLBACK before a byte of the second copy is sent. (Before, the body went
+ * through a read callback that could not rewind: the same guarantee for a second send() per
+ * request.) GETs (health probes) keep curl's retry: sending one again is harmless. */
 
 /* Distinct URLs (backend + path) whose parsed form is kept; more are passed as strings. */
 #define URL_CACHE_MAX 64
@@ -44,13 +54,14 @@ struct upstream_req {
     CURL *easy;
     char *body;       /* copy of the request body */
     size_t body_len;  /* bytes in body */
-    size_t body_off;  /* bytes of body handed to curl so far */
     uv_timer_t timer; /* first-byte, then idle timer */
     uint64_t idle_timeout_ms;
     int got_head;     /* on_head was called */
     int got_byte;     /* a body byte arrived */
     int paused;       /* 1 while receiving is paused */
     int cancelled;    /* cancelled inside a callback; finish silently */
+    int attempts;     /* times curl was about to send the request (on_prereq) */
+    int resend;       /* 1: on_prereq refused to send the request again */
     uint64_t last_ms; /* uv_now() of the last body byte */
     int done;         /* removed from multi; waiting for the timer handle to close */
     char errbuf[CURL_ERROR_SIZE];
@@ -239,7 +250,8 @@ static void client_check_done(struct upstream_client *c)
         } else if (res == CURLE_COULDNT_CONNECT || res == CURLE_COULDNT_RESOLVE_HOST ||
                    (res == CURLE_OPERATION_TIMEDOUT && connect_us == 0)) {
             req_finish(r, PX_ECONNECT, r->errbuf[0] ? r->errbuf : curl_easy_strerror(res));
-        } else if (res == CURLE_SEND_FAIL_REWIND) {
+        } else if (res == CURLE_SEND_FAIL_REWIND ||
+                   (res == CURLE_ABORTED_BY_CALLBACK && r->resend)) {
             req_finish(r, PX_EUPSTREAM,
                        "connection lost after the request was sent (not sent again)");
         } else if (res == CURLE_WRITE_ERROR) {
@@ -307,16 +319,20 @@ static size_t on_write(char *p, size_t size, size_t n, void *ud)
     return r->o.on_data(r->o.ud, p, len) == 0 && !r->cancelled ? len : 0;
 }
 
-/* The request body, handed out once. There is deliberately no seek callback: see upstream.h. */
-static size_t on_read(char *p, size_t size, size_t n, void *ud)
+/* Called by curl right before it sends the request, once per attempt: a POST goes out once
+ * (see the design note); a second attempt is refused before anything of it is sent. */
+static int on_prereq(void *ud, char *primary_ip, char *local_ip, int primary_port, int local_port)
 {
+    (void)primary_ip;
+    (void)local_ip;
+    (void)primary_port;
+    (void)local_port;
     struct upstream_req *r = ud;
-    size_t room = size * n;
-    size_t left = r->body_len - r->body_off;
-    size_t k = left < room ? left : room;
-    memcpy(p, r->body + r->body_off, k);
-    r->body_off += k;
-    return k;
+    if (r->attempts++ > 0) {
+        r->resend = 1;
+        return CURL_PREREQFUNC_ABORT;
+    }
+    return CURL_PREREQFUNC_OK;
 }
 
 static size_t on_header(char *p, size_t size, size_t n, void *ud)
@@ -405,11 +421,12 @@ struct upstream_req *upstream_req_start(struct upstream_client *c,
         memcpy(r->body, opts->body, opts->body_len);
         r->body[opts->body_len] = '\0';
         r->body_len = opts->body_len;
-        curl_easy_setopt(e, CURLOPT_POST, 1L);
-        curl_easy_setopt(e, CURLOPT_READFUNCTION, on_read);
-        curl_easy_setopt(e, CURLOPT_READDATA, r);
+        /* Not copied by curl: r->body lives until req_free, after the handle left the multi. */
         curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)opts->body_len);
+        curl_easy_setopt(e, CURLOPT_POSTFIELDS, r->body);
         curl_easy_setopt(e, CURLOPT_HTTPHEADER, c->post_headers);
+        curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, on_prereq);
+        curl_easy_setopt(e, CURLOPT_PREREQDATA, r);
     }
     uv_timer_init(c->loop, &r->timer);
     r->timer.data = r;

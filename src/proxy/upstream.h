@@ -26,8 +26,9 @@ typedef int (*upstream_data_fn)(void *ud, const char *p, size_t n);
  * sent, safe to send elsewhere), -ETIMEDOUT (first_byte or idle timer), PX_EUPSTREAM (reset,
  * protocol error, ...; message in msg), PX_ECLOSED (aborted by on_data). A request is never
  * sent twice: when a reused keep-alive connection dies after the request went out, curl
- * would silently send it again on a new connection; the body is fed through a read callback
- * that cannot rewind, so curl fails instead (the GPU may already be generating). Called exactly
+ * would silently send it again on a new connection; a pre-request callback refuses every
+ * attempt after the first, so curl fails instead (the GPU may already be generating), before
+ * anything of the second copy is sent. Called exactly
  * once unless upstream_req_cancel() was called first. The request is freed right after this
  * returns. */
 typedef void (*upstream_done_fn)(void *ud, int err, int status, const char *msg);
