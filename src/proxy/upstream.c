@@ -41,7 +41,7 @@ struct upstream_client {
     int in_curl;               /* >0 while inside curl_multi_socket_action */
     size_t active;             /* requests started and not done */
     struct upstream_req *reqs; /* every live request, for free() */
-    CURL *spare[64];           /* easy handles kept for reuse (curl_easy_reset) */
+    CURL *spare[64];           /* easy handles kept for reuse, options kept (easy_new) */
     size_t nspare;
     struct url_entry urls[URL_CACHE_MAX]; /* parsed URLs, see client_url() */
     size_t nurls;
@@ -195,7 +195,13 @@ static void req_free(struct upstream_req *r)
     struct upstream_client *c = r->c;
     curl_multi_remove_handle(c->multi, r->easy);
     if (c->nspare < sizeof(c->spare) / sizeof(c->spare[0]) && !c->closing) {
-        curl_easy_reset(r->easy);
+        /* No curl_easy_reset: the options every request sets stay (easy_new); the ones that
+         * point at this request are cleared, the rest are set again by the next request. */
+        curl_easy_setopt(r->easy, CURLOPT_PRIVATE, NULL);
+        curl_easy_setopt(r->easy, CURLOPT_ERRORBUFFER, NULL);
+        curl_easy_setopt(r->easy, CURLOPT_WRITEDATA, NULL);
+        curl_easy_setopt(r->easy, CURLOPT_HEADERDATA, NULL);
+        curl_easy_setopt(r->easy, CURLOPT_PREREQDATA, NULL);
         c->spare[c->nspare++] = r->easy;
     } else {
         curl_easy_cleanup(r->easy);
@@ -385,13 +391,33 @@ static CURLU *client_url(struct upstream_client *c, const char *url)
     return h;
 }
 
+/* A new easy handle with the options that are the same for every request. A handle is kept
+ * for the next request without curl_easy_reset (req_free), which curl allows: each transfer
+ * starts from the options as they are, and upstream_req_start sets every other option a
+ * request uses, each time, GET or POST. */
+static CURL *easy_new(void)
+{
+    CURL *e = curl_easy_init();
+    if (!e) {
+        return NULL;
+    }
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
+    /* Only plain HTTP to GPU nodes on the private network; refuse redirects elsewhere. */
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+    return e;
+}
+
 struct upstream_req *upstream_req_start(struct upstream_client *c,
                                         const struct upstream_req_opts *opts)
 {
     struct upstream_req *r = px_calloc(1, sizeof(*r));
     r->c = c;
     r->o = *opts;
-    r->easy = c->nspare ? c->spare[--c->nspare] : curl_easy_init();
+    r->easy = c->nspare ? c->spare[--c->nspare] : easy_new();
     if (!r->easy) {
         free(r);
         return NULL;
@@ -399,24 +425,26 @@ struct upstream_req *upstream_req_start(struct upstream_client *c,
     r->idle_timeout_ms = opts->idle_timeout_ms;
     CURL *e = r->easy;
     CURLU *u = client_url(c, opts->url);
-    if (u) {
-        curl_easy_setopt(e, CURLOPT_CURLU, u);
-    } else {
+    /* A CURLU wins over a URL string: clear the one a kept handle may still hold. */
+    curl_easy_setopt(e, CURLOPT_CURLU, u);
+    if (!u) {
         curl_easy_setopt(e, CURLOPT_URL, opts->url);
     }
-    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)r);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->errbuf);
-    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
-    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)opts->connect_timeout_ms);
-    curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
-    /* Only plain HTTP to GPU nodes on the private network; refuse redirects elsewhere. */
-    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
-    if (opts->body) {
+    if (!opts->body) {
+        /* A GET, on a handle that may have made a POST: no body, no POST headers, and curl's
+         * own retry allowed (sending a GET again is harmless). POSTFIELDS first: setting it
+         * makes the method POST again. */
+        curl_easy_setopt(e, CURLOPT_POSTFIELDS, NULL);
+        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)-1);
+        curl_easy_setopt(e, CURLOPT_HTTPHEADER, NULL);
+        curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, NULL);
+        curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
+    } else {
         r->body = px_malloc(opts->body_len + 1);
         memcpy(r->body, opts->body, opts->body_len);
         r->body[opts->body_len] = '\0';
