@@ -162,7 +162,8 @@ static int print_table(const struct usage_line *lines, size_t n, const char *per
         }
         for (size_t i = 0; i < n; i++) {
             const struct store_usage_row *r = lines[i].row;
-            snprintf(cell[0], sizeof(cell[0]), "%s", r->key);
+            /* Rows refused before the tenant or model was known group under an empty key. */
+            snprintf(cell[0], sizeof(cell[0]), "%s", r->key[0] ? r->key : "(none)");
             snprintf(cell[1], sizeof(cell[1]), "%s", r->plan_tier);
             snprintf(cell[2], sizeof(cell[2]), "%" PRId64, r->requests);
             snprintf(cell[3], sizeof(cell[3]), "%" PRId64, r->prompt_tokens);

@@ -47,8 +47,16 @@ static int64_t content_chars(const json_t *content)
     return n;
 }
 
-/* Content parts: a non-empty array of objects with a string "type"; text parts carry a
- * string "text". Other part types (images, audio) pass through to the backend. */
+/* The OpenAI content part types and the member each must carry ("text" a string, the others
+ * an object, "refusal" a string); a backend is handed only parts it can know. */
+static const struct {
+    const char *type;
+    int string; /* 1: the member is a string, 0: an object */
+} part_types[] = {
+    {"text", 1}, {"image_url", 0}, {"input_audio", 0}, {"file", 0}, {"refusal", 1},
+};
+
+/* Content parts: a non-empty array of objects with a known string "type" and its member. */
 static int check_parts(json_t *parts, size_t i, struct gw_error *err)
 {
     if (json_array_size(parts) == 0) {
@@ -66,10 +74,22 @@ static int check_parts(json_t *parts, size_t i, struct gw_error *err)
                          "messages[%zu].content[%zu] must be an object with a string 'type'", i, k);
             return -1;
         }
-        if (strcmp(json_string_value(type), "text") == 0 &&
-            !json_is_string(json_object_get(part, "text"))) {
+        size_t t = 0, nt = sizeof(part_types) / sizeof(part_types[0]);
+        while (t < nt && strcmp(json_string_value(type), part_types[t].type) != 0) {
+            t++;
+        }
+        if (t == nt) {
             gw_error_set(err, 400, "invalid_request_error", "invalid_value",
-                         "messages[%zu].content[%zu].text must be a string", i, k);
+                         "messages[%zu].content[%zu].type must be text, image_url, input_audio, "
+                         "file or refusal",
+                         i, k);
+            return -1;
+        }
+        json_t *m = json_object_get(part, part_types[t].type);
+        if (part_types[t].string ? !json_is_string(m) : !json_is_object(m)) {
+            gw_error_set(err, 400, "invalid_request_error", "invalid_value",
+                         "messages[%zu].content[%zu].%s must be %s", i, k, part_types[t].type,
+                         part_types[t].string ? "a string" : "an object");
             return -1;
         }
     }

@@ -97,6 +97,16 @@ static const struct {
      "invalid_value", "messages[0].content"},
     {"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":true}]}", 400, "invalid_value",
      "messages[0].content"},
+    /* content parts: a known type with its member */
+    {"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image\","
+     "\"x\":1}]}]}",
+     400, "invalid_value",
+     "messages[0].content[0].type must be text, image_url, input_audio, file or refusal"},
+    {"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\","
+     "\"text\":\"a\"},{\"type\":\"image_url\",\"image_url\":\"http://x\"}]}]}",
+     400, "invalid_value", "messages[0].content[1].image_url must be an object"},
+    {"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\"}]}]}", 400,
+     "invalid_value", "messages[0].content[0].text must be a string"},
     /* content null is only for an assistant turn that made tool calls */
     {"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":null}]}", 400, "invalid_value",
      "messages[0].content"},
