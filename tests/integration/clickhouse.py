@@ -117,21 +117,39 @@ class ClickHouse:
         self.name = name
         self.dir = h.path(name)
         os.makedirs(os.path.join(self.dir, "log"), exist_ok=True)
+        self._pick_ports()
+        with open(os.path.join(self.dir, "users.xml"), "w") as f:
+            f.write(USERS_XML.format(password=PASSWORD))
+        self.child = None
+        self.starts = 0
+        self.ever_up = False  # a restart keeps its ports (clients know them)
+
+    def _pick_ports(self):
         self.http_port = harness.free_port()
         self.tcp_port = harness.free_port()
         inter = harness.free_port()
         with open(os.path.join(self.dir, "config.xml"), "w") as f:
             f.write(CONFIG_XML.format(dir=self.dir, http_port=self.http_port, tcp_port=self.tcp_port,
                                       inter_port=inter))
-        with open(os.path.join(self.dir, "users.xml"), "w") as f:
-            f.write(USERS_XML.format(password=PASSWORD))
         self.url = "http://127.0.0.1:%d" % self.http_port
-        self.child = None
-        self.starts = 0
 
     # ---- lifecycle
 
     def start(self, timeout=None):
+        # A port that was free when picked can be taken by someone's ephemeral port before
+        # the server binds it (three ports: it happens). Before the first start nobody knows
+        # the ports yet, so pick new ones and try again; a restart must keep its ports.
+        for attempt in range(3):
+            try:
+                self._start(timeout)
+                self.ever_up = True
+                return self
+            except harness.Fatal as e:
+                if self.ever_up or attempt == 2 or "Address already in use" not in str(e):
+                    raise
+                self._pick_ports()
+
+    def _start(self, timeout=None):
         self.starts += 1
         name = "%s-%d" % (self.name, self.starts) if self.starts > 1 else self.name
         self.child = self.h.spawn(name, [SERVER_BIN, "--config-file=%s" % os.path.join(self.dir, "config.xml")])
