@@ -211,8 +211,8 @@ static int is_tchar(unsigned char c)
     return c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL;
 }
 
-/* Names must be non-empty tchar runs; values must hold no control bytes but HTAB. */
-/* NULL when every header is well formed, else what is wrong. */
+/* Names must be non-empty tchar runs; values must hold no control bytes but HTAB. NULL when
+ * every header is well formed, else what is wrong (static text for the 400). */
 static const char *headers_invalid(const struct h1_parser *p)
 {
     for (size_t i = 0; i < p->nheaders; i++) {
